@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Create or update the project virtualenv at .venv/ with the pinned requirements.
+# Idempotent: reinstalls only when requirements.txt changed. Sourced by the quick-start scripts.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$ROOT/.venv"
+PY="${PYTHON:-python3.11}"
+command -v "$PY" >/dev/null 2>&1 || PY=python3
+
+if ! "$PY" -c 'import sys; assert sys.version_info >= (3, 10)' 2>/dev/null; then
+  echo "dfanet needs Python >= 3.10 (3.11 recommended); found: $("$PY" --version 2>&1)" >&2
+  exit 1
+fi
+if [ ! -x "$VENV/bin/python" ]; then
+  if ! "$PY" -m venv "$VENV" 2>/dev/null; then
+    # Debian/Ubuntu ship venv separately; install it when we are allowed to.
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+      ver=$("$PY" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
+      apt-get update -qq && apt-get install -y -qq "python${ver}-venv" || apt-get install -y -qq python3-venv
+      rm -rf "$VENV"; "$PY" -m venv "$VENV"
+    else
+      echo "cannot create a virtualenv: install python3-venv (sudo apt-get install python3-venv)" >&2
+      exit 1
+    fi
+  fi
+fi
+STAMP="$VENV/.requirements.sha256"
+WANT="$(sha256sum "$ROOT/requirements.txt" | cut -d' ' -f1)"
+if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
+  echo "[setup] installing pinned requirements into $VENV (first run: ~2 minutes)"
+  "$VENV/bin/python" -m pip install -q --upgrade pip
+  "$VENV/bin/python" -m pip install -q -r "$ROOT/requirements.txt"
+  echo "$WANT" > "$STAMP"
+fi
