@@ -1,0 +1,357 @@
+"""Evaluate a checkpoint on a dataset split: mIoU, per-class IoU, pixel accuracy, confusion matrix.
+
+    python training/evaluate.py --checkpoint runs/camvid_b/best.safetensors --split test \\
+        [--train-log runs/camvid_b/train_log.jsonl] [--overlays 8] [--cityscapes-labelids DIR]
+
+Batch 1, full images, the checkpoint's own normalization (mean/std from its metadata), no test
+augmentation (paper Sec. 4.1). Writes ``report.json``, ``report.md``, ``per_class_iou.png``,
+``confusion_matrix.png`` (row-normalized), ``training_curves.png`` (with ``--train-log``) and
+``overlays/*.png`` to ``--output-dir``. Metrics come from :mod:`dfanet_core.metrics`, the same
+module training and bag replay use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import logging
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+import train_utils as tu
+from tqdm import tqdm
+
+from dfanet_core import CheckpointError, load_checkpoint
+from dfanet_core.data import (
+    DatasetError,
+    SegmentationDataset,
+    build_dataset,
+    cityscapes_trainid_to_labelid,
+)
+from dfanet_core.imaging import atomic_write_bytes, colorize, overlay, write_image
+from dfanet_core.metrics import ConfusionMatrix, to_jsonable
+
+LOG = logging.getLogger("dfanet.evaluate")
+Predictor = Callable[[np.ndarray], np.ndarray]
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description="Evaluate a DFANet checkpoint on a dataset split.", add_help=add_help
+    )
+    p.add_argument("--checkpoint", type=Path, required=True, help="a .safetensors checkpoint")
+    p.add_argument(
+        "--dataset", choices=["camvid", "cityscapes", "folder"],
+        help="default: the dataset named in the checkpoint metadata",
+    )  # fmt: skip
+    p.add_argument(
+        "--data-root", type=Path,
+        help="dataset root (default: ../shared/data/<dataset> relative to the repository root)",
+    )  # fmt: skip
+    p.add_argument("--split", default="val")
+    p.add_argument("--limit", type=int, help="evaluate only the first N images")
+    p.add_argument(
+        "--input-size", type=int, nargs=2, metavar=("H", "W"),
+        help="resize inputs to HxW for the network and the logits back (default: native size)",
+    )  # fmt: skip
+    p.add_argument("--output-dir", type=Path, help="default: <checkpoint dir>/eval_<split>")
+    p.add_argument("--train-log", type=Path, help="train_log.jsonl/.csv to plot curves from")
+    p.add_argument("--overlays", type=int, default=0, help="write N prediction overlay PNGs")
+    p.add_argument(
+        "--cityscapes-labelids", type=Path,
+        help="also write predictions as Cityscapes labelId PNGs (official evaluator format)",
+    )  # fmt: skip
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    return p
+
+
+# ---------------------------------------------------------------- prediction
+
+
+def make_predictor(
+    model: torch.nn.Module,
+    mean: Sequence[float],
+    std: Sequence[float],
+    device: torch.device,
+    input_size: Sequence[int] | None = None,
+) -> Predictor:
+    """RGB uint8 (H, W, 3) -> class ids uint8 (H, W) with the plain torch model. The one place
+    to swap in the deploy ``Segmenter`` (``Segmenter.from_checkpoint(...).predict``)."""
+    mean_t = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255
+    std_t = torch.tensor(std, device=device).view(1, 3, 1, 1) * 255
+    model = model.to(device).eval()
+
+    @torch.no_grad()
+    def predict(image: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(np.ascontiguousarray(image)).to(device).permute(2, 0, 1)[None]
+        x = (x.float() - mean_t) / std_t
+        size = x.shape[-2:]
+        if input_size is not None:
+            x = torch.nn.functional.interpolate(x, size=tuple(input_size), mode="bilinear")
+        logits = model(x)
+        if logits.shape[-2:] != size:
+            logits = torch.nn.functional.interpolate(logits, size=size, mode="bilinear")
+        return logits.argmax(dim=1)[0].to(torch.uint8).cpu().numpy()
+
+    return predict
+
+
+def run_evaluation(
+    dataset: SegmentationDataset,
+    predict: Predictor,
+    num_classes: int,
+    ignore_index: int,
+    on_prediction: Callable[[int, np.ndarray, np.ndarray, np.ndarray], None] | None = None,
+) -> tuple[ConfusionMatrix, float]:
+    """Predict every image; returns the confusion matrix and mean milliseconds per image."""
+    matrix = ConfusionMatrix(num_classes, ignore_index)
+    elapsed = 0.0
+    for index in tqdm(range(len(dataset)), desc="evaluate", dynamic_ncols=True, mininterval=2):
+        image, label = dataset.load(index)
+        start = time.perf_counter()
+        mask = predict(image)
+        elapsed += time.perf_counter() - start
+        matrix.update(label, mask)
+        if on_prediction is not None:
+            on_prediction(index, image, label, mask)
+    return matrix, 1000 * elapsed / max(len(dataset), 1)
+
+
+# ---------------------------------------------------------------- reports
+
+
+def build_report(
+    matrix: ConfusionMatrix, class_names: Sequence[str], context: dict[str, Any]
+) -> dict[str, Any]:
+    scores = matrix.compute()
+    per_class = {
+        name: {"iou": iou, "accuracy": acc, "pixels": int(matrix.counts[i].sum())}
+        for i, (name, iou, acc) in enumerate(
+            zip(class_names, scores["per_class_iou"], scores["per_class_accuracy"])
+        )
+    }
+    return context | {
+        "miou": scores["miou"],
+        "pixel_accuracy": scores["pixel_accuracy"],
+        "mean_class_accuracy": scores["mean_class_accuracy"],
+        "classes_present": scores["classes_present"],
+        "num_pixels": scores["num_pixels"],
+        "per_class": per_class,
+        "confusion_matrix": matrix.matrix.tolist(),
+        "unassigned_pixels": matrix.counts[:, -1].tolist(),
+        "note": "mIoU averages classes present in ground truth or prediction; absent -> null",
+    }
+
+
+def markdown_report(report: dict[str, Any]) -> str:
+    def pct(v):
+        return "n/a" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{100 * v:.2f}"
+
+    lines = [
+        f"# Evaluation of `{report['checkpoint']}`",
+        "",
+        f"- dataset: {report['dataset']} / split `{report['split']}` ({report['num_images']} "
+        f"images at native resolution, batch 1)",
+        f"- model: {report['variant']}, input size {report['input_size'] or 'native'}",
+        f"- **mIoU: {pct(report['miou'])}%** (over {report['classes_present']} classes present "
+        "in ground truth or prediction)",
+        f"- pixel accuracy: {pct(report['pixel_accuracy'])}%, mean class accuracy: "
+        f"{pct(report['mean_class_accuracy'])}%",
+        f"- inference: {report['ms_per_image']:.1f} ms/image on {report['device']} "
+        "(plain PyTorch, includes normalization)",
+        "",
+        "| class | IoU % | accuracy % | GT pixels |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, row in report["per_class"].items():
+        lines.append(f"| {name} | {pct(row['iou'])} | {pct(row['accuracy'])} | {row['pixels']} |")
+    return "\n".join(lines) + "\n"
+
+
+def _pyplot():
+    """matplotlib.pyplot on the non-interactive Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save_figure(fig, path: Path) -> Path:
+    plt = _pyplot()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
+def plot_per_class_iou(report: dict[str, Any], path: Path) -> Path:
+    plt = _pyplot()
+    names = list(report["per_class"])
+    values = [100 * (report["per_class"][n]["iou"] or 0.0) for n in names]
+    fig, ax = plt.subplots(figsize=(7, 0.35 * len(names) + 1.2))
+    ax.barh(names[::-1], values[::-1], color="#4878a8")
+    ax.axvline(100 * (report["miou"] or 0.0), color="#c44e52", linestyle="--", label="mIoU")
+    ax.set_xlim(0, 100)
+    ax.set_xlabel("IoU (%)")
+    ax.set_title(f"Per-class IoU, {report['dataset']} {report['split']}")
+    ax.legend(loc="lower right")
+    return _save_figure(fig, path)
+
+
+def plot_confusion(matrix: ConfusionMatrix, class_names: Sequence[str], path: Path) -> Path:
+    plt = _pyplot()
+    norm = matrix.normalized()
+    size = 0.45 * len(class_names) + 2
+    fig, ax = plt.subplots(figsize=(size, size))
+    image = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(class_names)), class_names, rotation=90)
+    ax.set_yticks(range(len(class_names)), class_names)
+    ax.set_xlabel("prediction")
+    ax.set_ylabel("ground truth")
+    ax.set_title("Confusion matrix (rows normalized)")
+    if len(class_names) <= 20:
+        for (i, j), v in np.ndenumerate(norm):
+            if v >= 0.01:
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6,
+                        color="white" if v > 0.5 else "black")  # fmt: skip
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    return _save_figure(fig, path)
+
+
+def plot_training_curves(log_path: Path, path: Path) -> Path:
+    plt = _pyplot()
+    rows = tu.read_train_log(log_path)
+    if not rows:
+        raise ValueError(f"training log {log_path} has no rows")
+    fig, (ax_loss, ax_miou) = plt.subplots(1, 2, figsize=(11, 4), layout="constrained")
+    it = [r["iteration"] for r in rows if r.get("loss") is not None]
+    ax_loss.plot(it, [r["loss"] for r in rows if r.get("loss") is not None], label="train loss")
+    ax_loss.set_xlabel("iteration")
+    ax_loss.set_ylabel("cross-entropy")
+    ax_lr = ax_loss.twinx()
+    ax_lr.plot(it, [r["lr"] for r in rows if r.get("loss") is not None], color="#999", lw=1)
+    ax_lr.set_ylabel("learning rate", color="#777")
+    evals = [r for r in rows if r.get("val_miou") is not None]
+    ax_miou.plot([r["iteration"] for r in evals], [100 * r["val_miou"] for r in evals], "o-")
+    ax_miou.set_xlabel("iteration")
+    ax_miou.set_ylabel("val mIoU (%)")
+    ax_loss.set_title("Training loss and LR")
+    ax_miou.set_title("Validation mIoU")
+    return _save_figure(fig, path)
+
+
+def overlay_panel(image: np.ndarray, label: np.ndarray, mask: np.ndarray, palette) -> np.ndarray:
+    """Input with the prediction blended in, next to the ground truth colours."""
+    return np.concatenate([overlay(image, mask, palette), colorize(label, palette)], axis=1)
+
+
+# ---------------------------------------------------------------- main
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    """Evaluate as ``args`` say; returns the report (also written to report.json)."""
+    tu.setup_logging()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model, meta = load_checkpoint(args.checkpoint, map_location=device)
+    dataset = load_dataset(args, meta)
+    out = args.output_dir or args.checkpoint.parent / f"eval_{args.split.replace('+', '_')}"
+    out.mkdir(parents=True, exist_ok=True)
+    predict = make_predictor(model, meta["mean"], meta["std"], device, args.input_size)
+    writer = PredictionWriter(args, dataset, meta, out)
+    matrix, ms = run_evaluation(
+        dataset, predict, int(meta["num_classes"]), int(meta.get("ignore_index", 255)), writer
+    )
+    context = {
+        "checkpoint": str(args.checkpoint),
+        "variant": meta["variant"],
+        "dataset": dataset.info.name,
+        "split": args.split,
+        "num_images": len(dataset),
+        "input_size": list(args.input_size) if args.input_size else None,
+        "device": str(device),
+        "ms_per_image": ms,
+    }
+    report = build_report(matrix, meta["class_names"], context)
+    tu.save_json(out / "report.json", report)
+    atomic_write_bytes(out / "report.md", markdown_report(to_jsonable(report)).encode())
+    plot_per_class_iou(to_jsonable(report), out / "per_class_iou.png")
+    plot_confusion(matrix, meta["class_names"], out / "confusion_matrix.png")
+    if args.train_log:
+        plot_training_curves(args.train_log, out / "training_curves.png")
+    LOG.info(
+        "%s %s: mIoU %.2f%%, pixel accuracy %.2f%% over %d images -> %s",
+        dataset.info.name, args.split, 100 * report["miou"], 100 * report["pixel_accuracy"],
+        len(dataset), out / "report.md",
+    )  # fmt: skip
+    return report
+
+
+def load_dataset(args: argparse.Namespace, meta: dict[str, Any]) -> SegmentationDataset:
+    """The split to evaluate, checked against the checkpoint's classes."""
+    name = args.dataset or meta.get("dataset")
+    if name not in ("camvid", "cityscapes", "folder"):
+        raise DatasetError(
+            f"checkpoint {args.checkpoint} names dataset {name!r}; pass --dataset "
+            "camvid|cityscapes|folder"
+        )
+    extra = {}
+    if name == "folder":
+        extra = {"num_classes": int(meta["num_classes"]), "class_names": meta["class_names"]}
+    root = args.data_root or tu.REPO_ROOT.parent / "shared" / "data" / name
+    dataset = build_dataset(name, root, args.split, None, **extra)
+    if dataset.info.num_classes != int(meta["num_classes"]):
+        raise CheckpointError(
+            f"checkpoint {args.checkpoint} predicts {meta['num_classes']} classes but "
+            f"{name} has {dataset.info.num_classes}"
+        )
+    return dataset.subset(args.limit) if args.limit else dataset
+
+
+class PredictionWriter:
+    """Per-image side outputs: overlay panels and Cityscapes labelId PNGs."""
+
+    def __init__(self, args, dataset: SegmentationDataset, meta: dict[str, Any], out: Path):
+        self.dataset, self.palette = dataset, meta["palette"]
+        self.overlays = args.overlays
+        self.overlay_dir = out / "overlays"
+        self.labelid_dir = args.cityscapes_labelids
+        if self.labelid_dir is not None and int(meta["num_classes"]) != 19:
+            raise CheckpointError(
+                f"--cityscapes-labelids needs a 19-class Cityscapes model; {args.checkpoint} "
+                f"has {meta['num_classes']} classes"
+            )
+        self.to_labelid = cityscapes_trainid_to_labelid()
+
+    def __call__(self, index: int, image, label, mask) -> None:
+        stem = self.dataset.stems[index]
+        if index < self.overlays:
+            panel = overlay_panel(image, label, mask, self.palette)
+            if panel.shape[1] > 2048:
+                panel = cv2.resize(panel, (2048, round(panel.shape[0] * 2048 / panel.shape[1])))
+            write_image(self.overlay_dir / f"{stem}.png", panel)
+        if self.labelid_dir is not None:
+            write_image(self.labelid_dir / f"{stem}.png", self.to_labelid[mask])
+
+
+def cli(argv: list[str] | None = None) -> int:
+    try:
+        main(get_args_parser().parse_args(argv))
+    except (CheckpointError, DatasetError, FileNotFoundError, ValueError) as exc:
+        print(f"evaluate.py: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
