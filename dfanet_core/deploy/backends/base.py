@@ -1,0 +1,87 @@
+"""The one small interface every inference backend implements.
+
+A backend takes a preprocessed batch (N x 3 x H x W float32, normalized) and returns per-pixel
+class
+ids (N x H x W uint8) and, when asked, the max softmax probability (N x H x W float32). CPU
+backends
+take and return numpy arrays; device backends take and return torch tensors on ``device`` so that
+pre- and post-processing stay on the GPU.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import ClassVar, Union
+
+import numpy as np
+import torch
+
+Array = Union[np.ndarray, torch.Tensor]
+
+
+class BackendUnavailableError(ImportError):
+    """A backend's runtime is not installed or has no device; the message says what to install."""
+
+
+class Backend(abc.ABC):
+    """Run the network on one batch. Subclasses set the attributes below in ``__init__``."""
+
+    name: ClassVar[str]
+    #: Where inputs and outputs live: ``cpu`` means numpy arrays in and out.
+    device: torch.device
+    #: 'fp32', 'fp16' or 'int8'.
+    precision: str
+    #: Network input (H, W).
+    input_size: tuple[int, int]
+    #: Largest batch one :meth:`infer` call accepts.
+    max_batch_size: int
+
+    @property
+    def uses_torch(self) -> bool:
+        """True when :meth:`infer` takes and returns torch tensors on :attr:`device`."""
+        return self.device.type != "cpu"
+
+    @abc.abstractmethod
+    def infer(self, batch: Array, confidence: bool) -> tuple[Array, Array | None]:
+        """(class ids N x H x W uint8, confidence N x H x W float32 or None)."""
+
+    def synchronize(self) -> None:
+        """Wait for queued device work (for honest stage timings); no-op on the CPU."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def close(self) -> None:  # noqa: B027 (optional hook: most backends hold nothing to free)
+        """Release runtime resources; the backend is unusable afterwards."""
+
+    def __enter__(self) -> Backend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def describe(self) -> dict[str, object]:
+        """Facts for logs, diagnostics and benchmark reports."""
+        return {
+            "backend": self.name,
+            "device": str(self.device),
+            "precision": self.precision,
+            "input_size": list(self.input_size),
+            "max_batch_size": self.max_batch_size,
+        }
+
+
+def classes_from_logits(logits: Array, confidence: bool) -> tuple[Array, Array | None]:
+    """Argmax (uint8) and max softmax probability of N x C x H x W logits, numpy or torch, computed
+    where the logits are (for graphs exported with the plain ``logits`` head)."""
+    if isinstance(logits, torch.Tensor):
+        logits = logits.float()
+        ids = logits.argmax(dim=1).to(torch.uint8)
+        if not confidence:
+            return ids, None
+        peak = logits.amax(dim=1, keepdim=True)
+        return ids, torch.exp(logits - peak).sum(dim=1).reciprocal()
+    ids = logits.argmax(axis=1).astype(np.uint8)
+    if not confidence:
+        return ids, None
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return ids, (1.0 / shifted.sum(axis=1)).astype(np.float32)

@@ -1,0 +1,516 @@
+"""ONNX export of a DFANet checkpoint: opset 18, one self-describing file, checked, parity-tested.
+
+Two graph heads:
+    ``logits``   images (N,3,H,W float32, normalized) -> logits (N,C,H,W float32). The plain model.
+    ``classes``  images -> class_ids (N,H,W uint8) [+ confidence (N,H,W float32, max softmax
+                 probability)]. Argmax and softmax run inside the graph, on the inference device,
+                 so a
+                 runtime reads back one byte per pixel instead of C floats. The Segmenter uses it.
+
+The checkpoint meta (class names, palette, mean/std, input size, variant, ...) and the export
+settings
+are stored in the ONNX ``metadata_props`` (keys ``dfanet.<meta key>`` and ``dfanet.export.<key>``,
+values JSON), so an ONNX file alone is enough to run the model.
+
+    python -m dfanet_core.deploy.export --checkpoint C --input-size H W [--dynamic-batch] --out
+    X.onnx
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import io
+import json
+import logging
+import os
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from ..checkpoint import CheckpointError, load_checkpoint
+from ._io import atomic_path, sha256_file
+from .preprocess import plan_placement, preprocess_numpy
+
+LOG = logging.getLogger(__name__)
+
+OPSET = 18
+#: Bumped when the exported graph changes for the same checkpoint (invalidates cached exports).
+EXPORT_FORMAT_VERSION = 1
+HEADS = ("logits", "classes")
+PRECISIONS = ("fp32", "fp16")
+INPUT_NAME = "images"
+META_PREFIX = "dfanet."
+EXPORT_PREFIX = "dfanet.export."
+#: Parity thresholds against PyTorch fp32 (the issue's acceptance numbers).
+MAX_LOGIT_DIFF = 1e-3
+MIN_ARGMAX_AGREEMENT = 0.999
+
+
+class OnnxModelError(RuntimeError):
+    """An ONNX file that is missing, corrupt, or not a dfanet export; the message names the file
+    and the command that writes a good one."""
+
+
+class ClassesHead(nn.Module):
+    """Wrap a segmentation model so its graph ends in per-pixel class ids (uint8) and, optionally,
+    the max softmax probability. ``compute_dtype`` float16 casts the input inside the graph, so the
+    graph's interface stays float32 while a strongly typed TensorRT build runs in fp16."""
+
+    def __init__(self, model: nn.Module, confidence: bool, compute_dtype: torch.dtype):
+        super().__init__()
+        self.model = model
+        self.confidence = confidence
+        self.compute_dtype = compute_dtype
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        logits = self.model(images.to(self.compute_dtype)).float()
+        class_ids = logits.argmax(dim=1).to(torch.uint8)
+        if not self.confidence:
+            return class_ids
+        # max softmax = 1 / sum(exp(logits - max)): no full softmax tensor is kept.
+        peak = logits.amax(dim=1, keepdim=True)
+        return class_ids, torch.exp(logits - peak).sum(dim=1).reciprocal()
+
+
+class LogitsHead(nn.Module):
+    """The plain model, with the same fp16 casting rule as :class:`ClassesHead`."""
+
+    def __init__(self, model: nn.Module, compute_dtype: torch.dtype):
+        super().__init__()
+        self.model = model
+        self.compute_dtype = compute_dtype
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images.to(self.compute_dtype)).float()
+
+
+@dataclass(frozen=True)
+class OnnxModelInfo:
+    """What a dfanet ONNX file says about itself (from its graph and metadata_props)."""
+
+    path: Path
+    meta: dict[str, Any]
+    export: dict[str, Any]
+    input_name: str
+    input_shape: tuple[int | str, ...]
+    output_names: tuple[str, ...]
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """Network input (H, W)."""
+        return int(self.input_shape[2]), int(self.input_shape[3])
+
+    @property
+    def dynamic_batch(self) -> bool:
+        return not isinstance(self.input_shape[0], int)
+
+    @property
+    def precision(self) -> str:
+        """Compute precision baked into the graph ('fp32' or 'fp16')."""
+        return str(self.export.get("precision", "fp32"))
+
+
+@dataclass
+class ParityReport:
+    """ONNX Runtime vs PyTorch fp32 on the same preprocessed images."""
+
+    images: int
+    head: str
+    max_abs_diff: float
+    argmax_agreement: float
+    details: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return self.max_abs_diff < MAX_LOGIT_DIFF and self.argmax_agreement > MIN_ARGMAX_AGREEMENT
+
+
+def _output_names(head: str, confidence: bool) -> list[str]:
+    if head == "logits":
+        return ["logits"]
+    return ["class_ids", "confidence"] if confidence else ["class_ids"]
+
+
+def _wrap(model: nn.Module, head: str, confidence: bool, precision: str) -> nn.Module:
+    if head not in HEADS:
+        raise ValueError(f"head must be one of {HEADS}, got {head!r}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"export precision must be one of {PRECISIONS}, got {precision!r}")
+    model = copy.deepcopy(model).cpu().eval()
+    dtype = torch.float16 if precision == "fp16" else torch.float32
+    model = model.to(dtype)
+    if head == "classes":
+        return ClassesHead(model, confidence, dtype).eval()
+    return LogitsHead(model, dtype).eval()
+
+
+def _to_proto_dynamo(
+    wrapped: nn.Module, example: torch.Tensor, outputs: list[str], dynamic_batch: bool
+) -> onnx.ModelProto:
+    dynamic_shapes = {INPUT_NAME: {0: torch.export.Dim("batch", min=1, max=1024)}}
+    program = torch.onnx.export(
+        wrapped,
+        (example,),
+        input_names=[INPUT_NAME],
+        output_names=outputs,
+        opset_version=OPSET,
+        dynamo=True,
+        external_data=False,
+        dynamic_shapes=dynamic_shapes if dynamic_batch else None,
+        verbose=False,
+    )
+    return program.model_proto
+
+
+def _to_proto_torchscript(
+    wrapped: nn.Module, example: torch.Tensor, outputs: list[str], dynamic_batch: bool
+) -> onnx.ModelProto:
+    buffer = io.BytesIO()
+    axes = {name: {0: "batch"} for name in [INPUT_NAME, *outputs]} if dynamic_batch else None
+    torch.onnx.export(
+        wrapped,
+        (example,),
+        buffer,
+        input_names=[INPUT_NAME],
+        output_names=outputs,
+        opset_version=OPSET,
+        dynamo=False,
+        dynamic_axes=axes,
+    )
+    return onnx.load_from_string(buffer.getvalue())
+
+
+def _quiet_exporter_logs() -> list[tuple[logging.Logger, int]]:
+    """The dynamo exporter warns about every missing torchvision op; keep our logs readable."""
+    saved = []
+    names = ("torch.onnx", "torch.onnx._internal.exporter._registration", "onnx_ir", "onnxscript")
+    for name in names:
+        logger = logging.getLogger(name)
+        saved.append((logger, logger.level))
+        logger.setLevel(logging.ERROR)
+    return saved
+
+
+def export_onnx(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    *,
+    meta: dict[str, Any],
+    input_size: Sequence[int],
+    batch_size: int = 1,
+    dynamic_batch: bool = False,
+    head: str = "logits",
+    confidence: bool = True,
+    precision: str = "fp32",
+    exporter: str = "dynamo",
+    extra_export_info: dict[str, Any] | None = None,
+) -> Path:
+    """Export ``model`` to a single-file opset-18 ONNX at ``path`` (atomically) and check it.
+
+    ``input_size`` is (H, W); the batch is ``batch_size`` or, with ``dynamic_batch``, symbolic.
+    ``exporter`` 'dynamo' (default) falls back to the TorchScript exporter only if dynamo fails;
+    the
+    reason is logged and recorded as ``dfanet.export.exporter_fallback``. Returns the path.
+    """
+    height, width = (int(v) for v in input_size)
+    if height < 32 or width < 32:
+        raise ValueError(
+            f"input_size must be at least 32x32 (the network strides), got {input_size}"
+        )
+    num_classes = int(meta.get("num_classes", 0))
+    if head == "classes" and num_classes > 255:
+        raise ValueError(f"the classes head writes uint8 ids; {num_classes} classes do not fit")
+    wrapped = _wrap(model, head, confidence, precision)
+    outputs = _output_names(head, confidence)
+    example = torch.zeros(max(1, batch_size), 3, height, width)
+    info: dict[str, Any] = {
+        "format_version": EXPORT_FORMAT_VERSION,
+        "head": head,
+        "precision": precision,
+        "input_size": [height, width],
+        "batch_size": "dynamic" if dynamic_batch else int(batch_size),
+        "opset": OPSET,
+        "torch_version": torch.__version__,
+        "exporter": exporter,
+        **(extra_export_info or {}),
+    }
+    started = time.perf_counter()
+    saved = _quiet_exporter_logs()
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            # torch's own pytree deprecation noise while tracing; nothing a caller can act on
+            warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
+            if exporter == "dynamo":
+                try:
+                    proto = _to_proto_dynamo(wrapped, example, outputs, dynamic_batch)
+                except Exception as exc:  # any exporter failure: record why and use TorchScript
+                    LOG.warning("dynamo ONNX export failed (%s); using dynamo=False", exc)
+                    info.update(exporter="torchscript", exporter_fallback=repr(exc)[:500])
+                    proto = _to_proto_torchscript(wrapped, example, outputs, dynamic_batch)
+            elif exporter == "torchscript":
+                proto = _to_proto_torchscript(wrapped, example, outputs, dynamic_batch)
+            else:
+                raise ValueError(f"exporter must be 'dynamo' or 'torchscript', got {exporter!r}")
+    finally:
+        for logger, level in saved:
+            logger.setLevel(level)
+    _set_metadata(proto, meta, info)
+    onnx.checker.check_model(proto, full_check=True)
+    with atomic_path(path) as tmp:
+        onnx.save_model(proto, str(tmp), save_as_external_data=False)
+    LOG.info(
+        "exported %s (%s head, %s, %.1f s)", path, head, precision, time.perf_counter() - started
+    )
+    return Path(path)
+
+
+def _set_metadata(proto: onnx.ModelProto, meta: dict[str, Any], info: dict[str, Any]) -> None:
+    del proto.metadata_props[:]
+    for key, value in sorted(meta.items()):
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = f"{META_PREFIX}{key}", json.dumps(value)
+    for key, value in sorted(info.items()):
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = f"{EXPORT_PREFIX}{key}", json.dumps(value)
+    proto.producer_name = "dfanet"
+    proto.doc_string = (
+        f"DFANet {meta.get('variant', '?')} ({info['head']} head, {info['precision']})"
+    )
+
+
+def export_command(path: str | os.PathLike[str], checkpoint: str = "<checkpoint>") -> str:
+    """The command that writes a good ONNX at ``path`` (for error messages)."""
+    return (
+        f"python -m dfanet_core.deploy.export --checkpoint {checkpoint} "
+        f"--input-size <H> <W> --out {path}"
+    )
+
+
+def read_onnx_info(path: str | os.PathLike[str]) -> OnnxModelInfo:
+    """Read a dfanet ONNX file's interface and metadata; raise :class:`OnnxModelError` naming the
+    file and the export command if it is missing, unreadable or lacks dfanet metadata."""
+    path = Path(path)
+    if not path.is_file():
+        raise OnnxModelError(f"ONNX file not found: {path}; write it with: {export_command(path)}")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf DecodeError, truncated file, ...
+        raise OnnxModelError(
+            f"{path} is not a readable ONNX model ({type(exc).__name__}: {exc}); "
+            f"re-export it with: {export_command(path)}"
+        ) from None
+    meta, export = {}, {}
+    for prop in proto.metadata_props:
+        target = export if prop.key.startswith(EXPORT_PREFIX) else meta
+        prefix = EXPORT_PREFIX if target is export else META_PREFIX
+        if prop.key.startswith(prefix):
+            target[prop.key[len(prefix) :]] = json.loads(prop.value)
+    if "num_classes" not in meta or "head" not in export:
+        raise OnnxModelError(
+            f"{path} has no dfanet metadata (not written by dfanet_core.deploy.export); "
+            f"re-export it with: {export_command(path)}"
+        )
+    graph_input = proto.graph.input[0]
+    dims = tuple(
+        d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
+        for d in graph_input.type.tensor_type.shape.dim
+    )
+    return OnnxModelInfo(
+        path=path,
+        meta=meta,
+        export=export,
+        input_name=graph_input.name,
+        input_shape=dims,
+        output_names=tuple(o.name for o in proto.graph.output),
+    )
+
+
+def export_checkpoint(
+    checkpoint: str | os.PathLike[str],
+    path: str | os.PathLike[str],
+    *,
+    input_size: Sequence[int] | None = None,
+    **kwargs: Any,
+) -> Path:
+    """Load a checkpoint and :func:`export_onnx` it; ``input_size`` None uses meta['input_size'].
+    The checkpoint's sha256 is recorded as ``dfanet.export.checkpoint_sha256``."""
+    model, meta = load_checkpoint(checkpoint)
+    size = tuple(input_size) if input_size is not None else tuple(meta["input_size"])
+    extra = {"checkpoint_sha256": sha256_file(checkpoint), **kwargs.pop("extra_export_info", {})}
+    return export_onnx(model, path, meta=meta, input_size=size, extra_export_info=extra, **kwargs)
+
+
+def onnxruntime_session(path: str | os.PathLike[str], intra_op_threads: int | None = None):
+    """An ONNX Runtime CPU session with full graph optimization; raises ImportError naming the
+    package if onnxruntime is missing."""
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise ImportError(
+            f"the onnxruntime backend needs onnxruntime (`pip install onnxruntime`): {exc}"
+        ) from None
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    if intra_op_threads:
+        options.intra_op_num_threads = int(intra_op_threads)
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def check_parity(
+    onnx_path: str | os.PathLike[str],
+    model: nn.Module,
+    images: Sequence[np.ndarray],
+    *,
+    intra_op_threads: int | None = None,
+) -> ParityReport:
+    """Run ONNX Runtime and PyTorch fp32 on the same images (RGB uint8, resized to the export's
+    input size and normalized with its meta) and compare: max |logit diff| and argmax agreement for
+    the logits head; class-id agreement and max |confidence diff| for the classes head."""
+    info = read_onnx_info(onnx_path)
+    if not images:
+        raise ValueError("check_parity needs at least one image")
+    session = onnxruntime_session(onnx_path, intra_op_threads)
+    model = model.float().eval()
+    diffs, agree, conf_diff, pixels = [], 0, 0.0, 0
+    for image in images:
+        place = plan_placement(image.shape[:2], info.input_size, "stretch")
+        batch = preprocess_numpy(
+            [image], [place], info.input_size, info.meta["mean"], info.meta["std"]
+        )
+        if not info.dynamic_batch and int(info.input_shape[0]) > 1:
+            batch = np.repeat(batch, int(info.input_shape[0]), axis=0)
+        outputs = dict(zip(info.output_names, session.run(None, {info.input_name: batch})))
+        with torch.no_grad():
+            reference = model(torch.from_numpy(batch[:1])).numpy()
+        ref_ids = reference.argmax(axis=1)
+        if info.export["head"] == "logits":
+            logits = outputs["logits"][:1]
+            diffs.append(float(np.abs(logits - reference).max()))
+            agree += int((logits.argmax(axis=1) == ref_ids).sum())
+        else:
+            agree += int((outputs["class_ids"][:1] == ref_ids).sum())
+            if "confidence" in outputs:
+                shifted = np.exp(reference - reference.max(axis=1, keepdims=True))
+                ref_conf = 1.0 / shifted.sum(axis=1)
+                conf_diff = max(
+                    conf_diff, float(np.abs(outputs["confidence"][:1] - ref_conf).max())
+                )
+        pixels += ref_ids.size
+    return ParityReport(
+        images=len(images),
+        head=info.export["head"],
+        max_abs_diff=max(diffs) if diffs else conf_diff,
+        argmax_agreement=agree / pixels,
+        details={"max_confidence_diff": conf_diff} if info.export["head"] == "classes" else {},
+    )
+
+
+def _load_parity_images(folder: Path, count: int) -> list[np.ndarray]:
+    from ..imaging import read_image
+
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+    if not paths:
+        raise FileNotFoundError(f"no .png/.jpg images in {folder}")
+    return [read_image(p) for p in paths[:count]]
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m dfanet_core.deploy.export", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--checkpoint", required=True, type=Path, help="dfanet .safetensors")
+    parser.add_argument(
+        "--input-size",
+        nargs=2,
+        type=int,
+        metavar=("H", "W"),
+        help="network input size (default: the checkpoint's meta input_size)",
+    )
+    parser.add_argument("--out", required=True, type=Path, help="output .onnx file")
+    parser.add_argument("--batch-size", type=int, default=1, help="static batch (default 1)")
+    parser.add_argument("--dynamic-batch", action="store_true", help="symbolic batch dimension")
+    parser.add_argument(
+        "--head",
+        choices=HEADS,
+        default="logits",
+        help="logits (plain model) or classes (argmax + confidence in the graph)",
+    )
+    parser.add_argument(
+        "--no-confidence", action="store_true", help="classes head without the confidence output"
+    )
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="fp32",
+        help="compute precision baked into the graph (fp16: for TensorRT for RTX)",
+    )
+    parser.add_argument("--exporter", choices=("dynamo", "torchscript"), default="dynamo")
+    parser.add_argument(
+        "--parity-images",
+        type=Path,
+        help="folder of real images for the ONNX Runtime parity check",
+    )
+    parser.add_argument("--parity-count", type=int, default=4)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        path = export_checkpoint(
+            args.checkpoint,
+            args.out,
+            input_size=args.input_size,
+            batch_size=args.batch_size,
+            dynamic_batch=args.dynamic_batch,
+            head=args.head,
+            confidence=not args.no_confidence,
+            precision=args.precision,
+            exporter=args.exporter,
+        )
+        info = read_onnx_info(path)
+        LOG.info(
+            "%s: input %s %s, outputs %s, exporter %s",
+            path,
+            info.input_name,
+            info.input_shape,
+            list(info.output_names),
+            info.export["exporter"],
+        )
+        if args.parity_images is None:
+            LOG.warning("no --parity-images: skipped the ONNX Runtime parity check")
+            return 0
+        if args.precision != "fp32":
+            LOG.warning("parity is checked for fp32 exports only; skipped")
+            return 0
+        model, _ = load_checkpoint(args.checkpoint)
+        report = check_parity(
+            path, model, _load_parity_images(args.parity_images, args.parity_count)
+        )
+    except (CheckpointError, OnnxModelError, FileNotFoundError, ValueError) as exc:
+        LOG.error("%s", exc)
+        return 2
+    LOG.info(
+        "parity on %d images: max |diff| %.3g, argmax agreement %.5f -> %s",
+        report.images,
+        report.max_abs_diff,
+        report.argmax_agreement,
+        "PASS" if report.passed else "FAIL",
+    )
+    return 0 if report.passed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,487 @@
+"""The one inference entry point: images in, class-id masks at each image's own resolution out.
+
+    seg = Segmenter.from_checkpoint("weights/dfanet_b_camvid.safetensors")   # backend='auto'
+    mask = seg.predict(rgb)                                  # HxW uint8, same size as rgb
+    res = seg.predict_detailed([a, b], channel_order="BGR", confidence=True)
+    res.masks, res.confidences, res.timings_ms               # per-stage milliseconds
+
+Pipeline per call: validate -> place (stretch or letterbox) + resize + normalize (on the backend's
+device) -> backend inference -> argmax on the device (inside the exported graph for ONNX Runtime
+and
+TensorRT) -> crop the letterbox and resize back with nearest neighbour -> numpy. Lists of any sizes
+are run in batches of ``max_batch_size``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import imaging
+from ..checkpoint import load_checkpoint, read_checkpoint
+from ._io import default_cache_dir, sha256_file
+from .backends import Backend, BackendUnavailableError, resolve_backend
+from .export import EXPORT_FORMAT_VERSION, OnnxModelError, export_checkpoint, read_onnx_info
+from .preprocess import (
+    Placement,
+    check_channel_order,
+    check_resize_mode,
+    plan_placement,
+    preprocess_numpy,
+    preprocess_torch,
+    restore_numpy,
+    restore_torch,
+    validate_images,
+)
+
+LOG = logging.getLogger(__name__)
+
+STAGES = ("preprocess", "inference", "postprocess", "total")
+
+
+@dataclass
+class SegmentationResult:
+    """Masks (HxW uint8 class ids) at each input's size, optional confidences (HxW float32 in
+    [0, 1], max softmax probability), optional colour overlays (HxWx3 RGB) and stage timings
+    (ms)."""
+
+    masks: list[np.ndarray]
+    confidences: list[np.ndarray] | None
+    timings_ms: dict[str, float]
+    overlays: list[np.ndarray] | None = field(default=None)
+
+
+class Segmenter:
+    """Segment images with any backend; see the module docstring. Build one with
+    :meth:`from_checkpoint` or :meth:`from_onnx`."""
+
+    def __init__(self, backend: Backend, meta: dict[str, Any], *, resize_mode: str = "stretch"):
+        self.backend = backend
+        self.meta = dict(meta)
+        self.resize_mode = check_resize_mode(resize_mode)
+        self.last_timings_ms: dict[str, float] = dict.fromkeys(STAGES, 0.0)
+
+    # -- construction ---------------------------------------------------------------------------
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        backend: str = "auto",
+        input_size: Sequence[int] | None = None,
+        precision: str = "fp32",
+        resize_mode: str = "stretch",
+        device: str | torch.device | None = None,
+        engine_cache_dir: str | os.PathLike[str] | None = None,
+        onnx_cache_dir: str | os.PathLike[str] | None = None,
+        max_batch_size: int = 1,
+        intra_op_threads: int | None = None,
+        cuda_graphs: bool = False,
+        channels_last: bool | None = None,
+        workspace_mib: int = 2048,
+        calibration_images: Any = None,
+        calibration_cache: str | os.PathLike[str] | None = None,
+        force_rebuild: bool = False,
+    ) -> Segmenter:
+        """A Segmenter for a dfanet checkpoint.
+
+        ``input_size`` (H, W) None uses ``meta['input_size']``. ONNX Runtime and TensorRT run the
+        checkpoint's classes-head ONNX export, cached in ``onnx_cache_dir`` (default
+        ``~/.cache/dfanet/onnx``, keyed by checkpoint sha256, input size, batch and precision);
+        TensorRT engines are cached in ``engine_cache_dir`` (default ``~/.cache/dfanet/engines``).
+        ``max_batch_size`` > 1 exports a dynamic batch (TensorRT profile 1..max_batch_size).
+        """
+        name = resolve_backend(backend, device)
+        _, meta = read_checkpoint(path)
+        size = _input_size(input_size, meta)
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        if name == "torch":
+            from .backends.torch_backend import TorchBackend
+
+            model, meta = load_checkpoint(path)
+            runner = TorchBackend(
+                model,
+                input_size=size,
+                device=device,
+                precision=precision,
+                channels_last=channels_last,
+                cuda_graphs=cuda_graphs,
+                max_batch_size=max_batch_size,
+            )
+            return cls(runner, meta, resize_mode=resize_mode)
+        if name == "onnxruntime":
+            _require_precision(name, precision, ("fp32",))
+            onnx_path = cached_onnx_export(path, size, max_batch_size, "fp32", onnx_cache_dir)
+            return cls._with_onnxruntime(
+                onnx_path, meta, resize_mode, intra_op_threads, max_batch_size
+            )
+        _require_precision(name, precision, ("fp32", "fp16", "int8"))
+        onnx_path = cached_onnx_export(
+            path, size, max_batch_size, _tensorrt_onnx_precision(precision), onnx_cache_dir
+        )
+        return cls._with_tensorrt(
+            onnx_path,
+            meta,
+            resize_mode,
+            precision,
+            device,
+            engine_cache_dir,
+            max_batch_size,
+            workspace_mib,
+            calibration_images,
+            calibration_cache,
+            force_rebuild,
+        )
+
+    @classmethod
+    def from_onnx(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        backend: str = "auto",
+        precision: str | None = None,
+        resize_mode: str = "stretch",
+        device: str | torch.device | None = None,
+        engine_cache_dir: str | os.PathLike[str] | None = None,
+        max_batch_size: int | None = None,
+        intra_op_threads: int | None = None,
+        workspace_mib: int = 2048,
+        calibration_images: Any = None,
+        calibration_cache: str | os.PathLike[str] | None = None,
+        force_rebuild: bool = False,
+    ) -> Segmenter:
+        """A Segmenter for a dfanet ONNX export (either head); its metadata supplies the classes,
+        palette, normalization and input size. Backends: onnxruntime or tensorrt."""
+        info = read_onnx_info(path)
+        name = resolve_backend(backend, device)
+        if name == "torch":
+            if backend == "torch":
+                raise ValueError("the torch backend needs a checkpoint; use from_checkpoint")
+            name = "onnxruntime"
+        if name == "onnxruntime":
+            _require_precision(name, precision or "fp32", ("fp32", info.precision))
+            return cls._with_onnxruntime(
+                path, info.meta, resize_mode, intra_op_threads, max_batch_size
+            )
+        precision = precision or info.precision
+        return cls._with_tensorrt(
+            path,
+            info.meta,
+            resize_mode,
+            precision,
+            device,
+            engine_cache_dir,
+            max_batch_size or 1,
+            workspace_mib,
+            calibration_images,
+            calibration_cache,
+            force_rebuild,
+        )
+
+    @classmethod
+    def _with_onnxruntime(cls, onnx_path, meta, resize_mode, intra_op_threads, max_batch_size):
+        from .backends.ort_backend import OnnxRuntimeBackend
+
+        runner = OnnxRuntimeBackend(
+            onnx_path, intra_op_threads=intra_op_threads, max_batch_size=max_batch_size
+        )
+        return cls(runner, meta, resize_mode=resize_mode)
+
+    @classmethod
+    def _with_tensorrt(
+        cls,
+        onnx_path,
+        meta,
+        resize_mode,
+        precision,
+        device,
+        engine_cache_dir,
+        max_batch_size,
+        workspace_mib,
+        calibration_images,
+        calibration_cache,
+        force_rebuild,
+    ):
+        from .backends.tensorrt_backend import TensorRTBackend
+        from .tensorrt.builder import BuildOptions, resolve_calibration_images
+
+        cache_dir = Path(engine_cache_dir) if engine_cache_dir else default_cache_dir("engines")
+        onnx_path = Path(onnx_path)
+        options = BuildOptions(
+            precision=precision,
+            workspace_mib=workspace_mib,
+            max_batch_size=max_batch_size,
+            timing_cache=cache_dir / "timing.cache",
+            calibration_images=(
+                resolve_calibration_images(calibration_images)
+                if calibration_images is not None
+                else None
+            ),
+            calibration_cache=(
+                Path(calibration_cache)
+                if calibration_cache
+                else cache_dir / f"{onnx_path.stem}.calibration.cache"
+            ),
+        )
+        engine_path = cache_dir / f"{onnx_path.stem}.{precision}.engine"
+        runner = TensorRTBackend(
+            onnx_path, engine_path, options=options, device=device, force_rebuild=force_rebuild
+        )
+        return cls(runner, meta, resize_mode=resize_mode)
+
+    # -- properties -----------------------------------------------------------------------------
+
+    @property
+    def backend_name(self) -> str:
+        return self.backend.name
+
+    @property
+    def precision(self) -> str:
+        return self.backend.precision
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return self.backend.input_size
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.meta["class_names"])
+
+    @property
+    def palette(self) -> list[list[int]]:
+        return [list(c) for c in self.meta["palette"]]
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.meta["num_classes"])
+
+    @property
+    def device(self) -> torch.device:
+        return self.backend.device
+
+    def describe(self) -> dict[str, Any]:
+        """Backend, device, precision, input size, resize mode, variant: for logs/diagnostics."""
+        return {
+            **self.backend.describe(),
+            "resize_mode": self.resize_mode,
+            "variant": self.meta.get("variant"),
+        }
+
+    # -- inference ------------------------------------------------------------------------------
+
+    def predict(
+        self, images: np.ndarray | Sequence[np.ndarray], channel_order: str = "RGB"
+    ) -> np.ndarray | list[np.ndarray]:
+        """Class-id mask(s), HxW uint8 at each input's resolution: one array for one image, a list
+        for a list."""
+        masks = self.predict_detailed(images, channel_order=channel_order).masks
+        return masks[0] if isinstance(images, np.ndarray) else masks
+
+    def predict_detailed(
+        self,
+        images: np.ndarray | Sequence[np.ndarray],
+        channel_order: str = "RGB",
+        confidence: bool = False,
+        overlay: bool = False,
+        overlay_alpha: float = 0.5,
+    ) -> SegmentationResult:
+        """Masks plus optional confidences and colour overlays (RGB, over the input image) and the
+        per-stage timings of this call (also kept in :attr:`last_timings_ms`)."""
+        started = time.perf_counter()
+        batch = validate_images(images)
+        order = check_channel_order(channel_order)
+        timings = dict.fromkeys(STAGES, 0.0)
+        masks: list[np.ndarray] = []
+        confidences: list[np.ndarray] | None = [] if confidence else None
+        step = self.backend.max_batch_size
+        for start in range(0, len(batch), step):
+            chunk = batch[start : start + step]
+            chunk_masks, chunk_conf = self._run_chunk(chunk, order, confidence, timings)
+            masks.extend(chunk_masks)
+            if confidences is not None:
+                confidences.extend(chunk_conf)
+        overlays = None
+        if overlay:
+            tick = time.perf_counter()
+            overlays = [
+                self.overlay(image, mask, overlay_alpha, order)
+                for image, mask in zip(batch, masks)
+            ]
+            timings["postprocess"] += _ms(tick)
+        timings["total"] = _ms(started)
+        self.last_timings_ms = timings
+        return SegmentationResult(masks, confidences, timings, overlays)
+
+    def _run_chunk(
+        self, images: list[np.ndarray], order: str, confidence: bool, timings: dict[str, float]
+    ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        meta = self.meta
+        places = [plan_placement(im.shape[:2], self.input_size, self.resize_mode) for im in images]
+        tick = time.perf_counter()
+        if self.backend.uses_torch:
+            batch = preprocess_torch(
+                images,
+                places,
+                self.input_size,
+                meta["mean"],
+                meta["std"],
+                order,
+                self.backend.device,
+            )
+        else:
+            batch = preprocess_numpy(
+                images, places, self.input_size, meta["mean"], meta["std"], order
+            )
+        self.backend.synchronize()
+        timings["preprocess"] += _ms(tick)
+        tick = time.perf_counter()
+        ids, conf = self.backend.infer(batch, confidence)
+        self.backend.synchronize()
+        timings["inference"] += _ms(tick)
+        tick = time.perf_counter()
+        masks, confs = _restore(ids, conf, places)
+        timings["postprocess"] += _ms(tick)
+        return masks, confs
+
+    def warmup(self, iterations: int = 2) -> None:
+        """Run a few dummy images at the network size (first-call allocations, cuDNN tuning)."""
+        dummy = np.zeros((*self.input_size, 3), np.uint8)
+        for _ in range(iterations):
+            self.predict_detailed([dummy] * self.backend.max_batch_size, confidence=True)
+
+    # -- colour helpers -------------------------------------------------------------------------
+
+    def colorize(self, mask: np.ndarray) -> np.ndarray:
+        """Class-id mask -> RGB colour image through the checkpoint palette."""
+        return imaging.colorize(mask, self.palette)
+
+    def overlay(
+        self, image: np.ndarray, mask: np.ndarray, alpha: float = 0.5, channel_order: str = "RGB"
+    ) -> np.ndarray:
+        """The colour mask blended over ``image``, returned in the image's ``channel_order``."""
+        order = check_channel_order(channel_order)
+        rgb = image[:, :, ::-1] if order == "BGR" else image
+        blended = imaging.overlay(np.ascontiguousarray(rgb), mask, self.palette, alpha)
+        return np.ascontiguousarray(blended[:, :, ::-1]) if order == "BGR" else blended
+
+    # -- lifetime -------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def __enter__(self) -> Segmenter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"Segmenter({self.meta.get('variant')}, backend={self.backend_name}, "
+            f"precision={self.precision}, input_size={self.input_size}, "
+            f"resize_mode={self.resize_mode})"
+        )
+
+
+def _ms(since: float) -> float:
+    return (time.perf_counter() - since) * 1000.0
+
+
+def _restore(
+    ids: np.ndarray | torch.Tensor, conf: np.ndarray | torch.Tensor | None, places: list[Placement]
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Network-size outputs -> per-image numpy maps at source size (on the device for tensors)."""
+    masks, confs = [], []
+    for index, place in enumerate(places):
+        if isinstance(ids, torch.Tensor):
+            masks.append(restore_torch(ids[index], place))
+            if conf is not None:
+                confs.append(restore_torch(conf[index], place))
+        else:
+            masks.append(restore_numpy(ids[index], place))
+            if conf is not None:
+                confs.append(restore_numpy(conf[index], place))
+    if masks and isinstance(masks[0], torch.Tensor):
+        masks = [m.cpu().numpy() for m in masks]
+        confs = [c.float().cpu().numpy() for c in confs]
+    return masks, confs
+
+
+def _input_size(input_size: Sequence[int] | None, meta: dict[str, Any]) -> tuple[int, int]:
+    size = tuple(int(v) for v in (input_size if input_size is not None else meta["input_size"]))
+    if len(size) != 2 or min(size) < 32:
+        raise ValueError(f"input_size must be (H, W) with both >= 32, got {input_size}")
+    return size  # type: ignore[return-value]
+
+
+def _require_precision(backend: str, precision: str, allowed: Sequence[str]) -> None:
+    if precision not in allowed:
+        hint = {
+            "onnxruntime": "use backend='torch' on CUDA or 'tensorrt' for fp16/int8",
+            "torch": "fp16 needs CUDA",
+        }.get(backend, "")
+        raise ValueError(
+            f"backend {backend!r} supports precision {tuple(dict.fromkeys(allowed))}, got "
+            f"{precision!r}" + (f"; {hint}" if hint else "")
+        )
+
+
+def _tensorrt_onnx_precision(precision: str) -> str:
+    """fp16 engines come from an fp16 ONNX where the TensorRT has no FP16 builder flag (RTX)."""
+    if precision != "fp16":
+        return "fp32"
+    from .tensorrt.api import load_tensorrt
+
+    try:
+        return "fp32" if load_tensorrt().has_fp16_flag else "fp16"
+    except ImportError as exc:
+        raise BackendUnavailableError(str(exc)) from None
+
+
+def cached_onnx_export(
+    checkpoint: str | os.PathLike[str],
+    input_size: tuple[int, int],
+    max_batch_size: int,
+    precision: str,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> Path:
+    """The checkpoint's classes-head ONNX (with confidence) for this input size, batch and
+    precision: reused from ``cache_dir`` when present and readable, else exported there
+    atomically. The file name is the cache key: checkpoint sha256, H x W, batch (1 or dynamic),
+    precision and the export format version."""
+    folder = Path(cache_dir) if cache_dir else default_cache_dir("onnx")
+    digest = sha256_file(checkpoint)[:16]
+    batch = "b1" if max_batch_size == 1 else "bdyn"
+    name = (
+        f"dfanet-{digest}-{input_size[0]}x{input_size[1]}-{batch}-{precision}"
+        f"-classes-v{EXPORT_FORMAT_VERSION}.onnx"
+    )
+    path = folder / name
+    if path.is_file():
+        try:
+            read_onnx_info(path)
+        except OnnxModelError as exc:
+            LOG.warning("re-exporting: %s", exc)
+        else:
+            LOG.debug("reusing ONNX export %s", path)
+            return path
+    LOG.info("exporting %s to %s (first use of this checkpoint/size)", checkpoint, path)
+    return export_checkpoint(
+        checkpoint,
+        path,
+        input_size=input_size,
+        dynamic_batch=max_batch_size > 1,
+        head="classes",
+        confidence=True,
+        precision=precision,
+    )

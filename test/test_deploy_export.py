@@ -1,0 +1,116 @@
+"""ONNX export: opset 18, one self-describing file, ONNX Runtime parity on real CamVid images."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import onnx
+import pytest
+import torch
+
+from dfanet_core import load_checkpoint
+from dfanet_core.deploy import export as export_mod
+from dfanet_core.deploy.export import (
+    OnnxModelError,
+    check_parity,
+    export_checkpoint,
+    read_onnx_info,
+)
+
+INPUT_SIZE = (192, 256)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_cpu_thread():
+    """One intra-op thread for this module's CPU inference: on a shared 2-core machine two OpenMP
+    threads stall at every barrier when a neighbour runs, turning milliseconds into seconds."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def exported(untrained_checkpoint: Path, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("export") / "dfanet_b.onnx"
+    return export_checkpoint(untrained_checkpoint, out, input_size=INPUT_SIZE, head="logits")
+
+
+def test_export_is_valid_single_file_opset18(exported: Path):
+    model = onnx.load(str(exported))
+    onnx.checker.check_model(model, full_check=True)
+    assert {o.domain: o.version for o in model.opset_import}[""] == 18
+    external = [
+        t.name for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL
+    ]
+    assert external == [], "weights must be inside the one file"
+    assert sorted(p.name for p in exported.parent.iterdir()) == [exported.name]
+    dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == [1, 3, *INPUT_SIZE]
+    assert [o.name for o in model.graph.output] == ["logits"]
+
+
+def test_export_metadata_makes_the_file_self_describing(exported: Path, untrained_checkpoint):
+    _, meta = load_checkpoint(untrained_checkpoint)
+    info = read_onnx_info(exported)
+    for key in ("class_names", "palette", "mean", "std", "variant", "num_classes", "input_size"):
+        assert info.meta[key] == meta[key], key
+    assert info.export["input_size"] == list(INPUT_SIZE)
+    assert info.export["head"] == "logits" and info.export["precision"] == "fp32"
+    assert info.export["exporter"] == "dynamo", info.export.get("exporter_fallback")
+    assert info.input_size == INPUT_SIZE and not info.dynamic_batch
+    props = {p.key: p.value for p in onnx.load(str(exported)).metadata_props}
+    assert json.loads(props["dfanet.class_names"])[3] == "Road"
+
+
+def test_onnxruntime_matches_pytorch_on_camvid(
+    exported: Path, untrained_checkpoint, camvid_samples
+):
+    model, _ = load_checkpoint(untrained_checkpoint)
+    images = [rgb for rgb, _, _ in camvid_samples(4)]
+    report = check_parity(exported, model, images, intra_op_threads=1)
+    assert report.images == 4
+    assert report.max_abs_diff < 1e-3
+    assert report.argmax_agreement > 0.999
+    assert report.passed
+
+
+def test_read_onnx_info_errors_name_the_file_and_command(tmp_path: Path, exported: Path):
+    missing = tmp_path / "missing.onnx"
+    with pytest.raises(OnnxModelError) as info:
+        read_onnx_info(missing)
+    assert str(missing) in str(info.value)
+    assert "python -m dfanet_core.deploy.export" in str(info.value)
+
+    truncated = tmp_path / "truncated.onnx"
+    truncated.write_bytes(exported.read_bytes()[:5000])
+    with pytest.raises(OnnxModelError, match="not a readable ONNX") as info:
+        read_onnx_info(truncated)
+    assert str(truncated) in str(info.value)
+
+    bare = onnx.load(str(exported))
+    del bare.metadata_props[:]
+    foreign = tmp_path / "foreign.onnx"
+    onnx.save(bare, str(foreign))
+    with pytest.raises(OnnxModelError, match="no dfanet metadata"):
+        read_onnx_info(foreign)
+
+
+def test_export_cli_errors_exit_nonzero_with_message(tmp_path: Path, caplog):
+    missing = tmp_path / "none.safetensors"
+    code = export_mod.main(["--checkpoint", str(missing), "--out", str(tmp_path / "x.onnx")])
+    assert code == 2
+    assert str(missing) in caplog.text
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_export_rejects_bad_arguments(untrained_checkpoint: Path, tmp_path: Path):
+    model, meta = load_checkpoint(untrained_checkpoint)
+    with pytest.raises(ValueError, match="head"):
+        export_mod.export_onnx(
+            model, tmp_path / "a.onnx", meta=meta, input_size=(64, 64), head="argmax"
+        )
+    with pytest.raises(ValueError, match="input_size"):
+        export_mod.export_onnx(model, tmp_path / "a.onnx", meta=meta, input_size=(16, 64))
+    assert not list(tmp_path.iterdir())
