@@ -29,7 +29,12 @@ setup(
     python_requires=">=3.10",
     entry_points={
         "console_scripts": [
+            "segment_node = dfanet_ros.segment_node:main",
+            "segment_demo = dfanet_ros.demo:main",
             "dfanet-profile = dfanet_core.profile:main",
+            "dfanet-bag-eval = dfanet_ros.bag_eval:main",
+            "dfanet-bag-replay = dfanet_ros.bag_replay:main",
+            "dfanet-make-bag = dfanet_ros.make_bag:main",
         ],
     },
 )
