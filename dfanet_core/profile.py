@@ -13,6 +13,7 @@ import json
 import logging
 import platform
 import statistics
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from .imaging import atomic_write_bytes
 from .models import count_parameters, create_model, get_config, list_models
 
 log = logging.getLogger("dfanet_core.profile")
@@ -149,7 +151,26 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
+    parser.add_argument("--write-doc", type=Path, metavar="MD",
+                        help="replace the table between the profile markers of this markdown file "
+                        "(docs/architecture.md)")
     return parser
+
+
+DOC_BEGIN = "<!-- profile:begin -->"
+DOC_END = "<!-- profile:end -->"
+
+
+def write_doc_table(path: Path, table: str, command: str) -> None:
+    """Replace the generated block of ``path`` so the doc always shows a rerunnable result."""
+    text = path.read_text()
+    if DOC_BEGIN not in text or DOC_END not in text:
+        raise ValueError(f"{path} has no {DOC_BEGIN} ... {DOC_END} block to replace")
+    head, rest = text.split(DOC_BEGIN, 1)
+    tail = rest.split(DOC_END, 1)[1]
+    block = (f"{DOC_BEGIN}\nMeasured with `{command}` on {machine_description()}.\n\n"
+             f"{table}\n{DOC_END}")
+    atomic_write_bytes(path, (head + block + tail).encode())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -167,6 +188,10 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(str(exc)) from None
     print(f"Machine: {machine_description()}. Compute in MACs (paper 'FLOPs' = MACs).")
     print(format_table(rows))
+    if args.write_doc:
+        command = "python -m dfanet_core.profile " + " ".join(argv if argv is not None
+                                                              else sys.argv[1:])
+        write_doc_table(args.write_doc, format_table(rows), command.strip())
     if args.json:
         args.json.write_text(
             json.dumps(

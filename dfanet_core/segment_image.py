@@ -38,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     checkpoint = args.checkpoint or default_checkpoint()
     if checkpoint is not None:
         model, meta = load_checkpoint(checkpoint)
-        log.info("weights: %s (%s, trained on %s)", checkpoint, meta["variant"], meta.get("dataset"))
+        log.info("weights: %s (%s, trained on %s)", checkpoint, meta["variant"],
+                 meta.get("dataset"))
     else:
         model = create_model("dfanet_b", num_classes=11).eval()
         meta = default_meta("dfanet_b", 11)

@@ -4,55 +4,38 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DIR = Path(os.environ.get("DFANET_SHARED_DIR", REPO_ROOT.parent / "shared"))
 
-CAMVID_CLASS_NAMES = [
-    "Sky",
-    "Building",
-    "Pole",
-    "Road",
-    "Pavement",
-    "Tree",
-    "SignSymbol",
-    "Fence",
-    "Car",
-    "Pedestrian",
-    "Bicyclist",
-]
-CAMVID_PALETTE = [
-    [128, 128, 128],
-    [128, 0, 0],
-    [192, 192, 128],
-    [128, 64, 128],
-    [60, 40, 222],
-    [128, 128, 0],
-    [192, 128, 128],
-    [64, 64, 128],
-    [64, 0, 128],
-    [64, 64, 0],
-    [0, 128, 192],
-]
-
-
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs a CUDA GPU (skipped where there is none)")
     config.addinivalue_line("markers", "slow: longer integration test (still runs in CI)")
+    config.addinivalue_line(
+        "markers", "ros_install: needs a full ROS 2 install (launch, launch_ros); skipped without"
+    )
 
 
 def pytest_collection_modifyitems(config, items):
+    """Skip hardware/installation-bound tests only where that hardware or install is absent."""
+    import importlib.util
+
     import torch
 
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="needs a CUDA GPU (this machine has none)")
+    absent = {
+        "gpu": None if torch.cuda.is_available() else "needs a CUDA GPU (this machine has none)",
+        "ros_install": None if importlib.util.find_spec("launch_ros") else
+        "needs a ROS 2 install with launch_ros (not installable from PyPI)",
+    }
     for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
+        for marker, reason in absent.items():
+            if reason and marker in item.keywords:
+                item.add_marker(pytest.mark.skip(reason=reason))
 
 
 @pytest.fixture(scope="session")
@@ -67,6 +50,24 @@ def camvid_root(shared_dir: Path) -> Path:
     root = shared_dir / "data" / "camvid"
     assert (root / "train").is_dir(), f"CamVid not found under {root}"
     return root
+
+
+@pytest.fixture(scope="session")
+def camvid_readme_classes(camvid_root: Path) -> dict[str, list]:
+    """CamVid's class names and colours as the dataset's README tables them (``| 0 | Sky |
+    128,128,128 |``), an oracle independent of dfanet_core.data: ``{"class_names": [...],
+    "palette": [[r, g, b], ...]}`` in id order, the void row (id 11) left out. An alias in
+    parentheses ("Pavement (sidewalk)") is not part of the name."""
+    readme = camvid_root / "README.md"
+    row = re.compile(r"^\|\s*(\d+)\s*\|\s*([^|]+?)\s*\|\s*(\d+),\s*(\d+),\s*(\d+)\s*\|\s*$")
+    rows = [m.groups() for m in map(row.match, readme.read_text().splitlines()) if m]
+    classes = [(int(i), name, [int(r), int(g), int(b)]) for i, name, r, g, b in rows
+               if "void" not in name.lower()]
+    assert [i for i, _, _ in classes] == list(range(11)), f"class table of {readme}: {rows}"
+    return {
+        "class_names": [re.sub(r"\s*\(.*\)$", "", name) for _, name, _ in classes],
+        "palette": [colour for _, _, colour in classes],
+    }
 
 
 @pytest.fixture(scope="session")
@@ -99,24 +100,57 @@ def untrained_checkpoint(tmp_path_factory) -> Path:
     import torch
 
     from dfanet_core import create_model, save_checkpoint
+    from dfanet_core.data import CAMVID
 
     torch.manual_seed(0)
-    model = create_model("dfanet_b", num_classes=len(CAMVID_CLASS_NAMES)).eval()
-    meta = {
-        "variant": "dfanet_b",
-        "num_classes": len(CAMVID_CLASS_NAMES),
-        "class_names": CAMVID_CLASS_NAMES,
-        "palette": CAMVID_PALETTE,
-        "mean": [0.485, 0.456, 0.406],
-        "std": [0.229, 0.224, 0.225],
-        "channel_order": "RGB",
-        "input_size": [360, 480],
-        "ignore_index": 255,
-        "dataset": "camvid",
-        "trained": False,
-    }
+    model = create_model("dfanet_b", num_classes=CAMVID.num_classes).eval()
+    meta = {**CAMVID.meta(), "variant": "dfanet_b", "input_size": [360, 480], "trained": False}
     path = tmp_path_factory.mktemp("ckpt") / "untrained_dfanet_b.safetensors"
     return save_checkpoint(path, model, meta)
+
+
+@pytest.fixture(scope="session")
+def calibrated_checkpoint(untrained_checkpoint: Path, camvid_root: Path, tmp_path_factory) -> Path:
+    """``untrained_checkpoint`` with its batch-norm statistics estimated on 4 CamVid *train*
+    images (one batch).
+
+    Still untrained, but its masks vary with the image content (and the channel order): the raw
+    untrained net predicts one class everywhere, which would hide a frame/label misalignment or
+    a colour swap. The tests compare on CamVid test frames, never the calibration images.
+    """
+    import torch
+
+    from dfanet_core import load_checkpoint, save_checkpoint
+    from dfanet_core.imaging import read_image
+
+    model, meta = load_checkpoint(untrained_checkpoint)
+    paths = sorted((camvid_root / "train").glob("*.png"))[:4]
+    images = torch.stack([torch.from_numpy(read_image(p)).permute(2, 0, 1) for p in paths])
+    mean = torch.tensor(meta["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(meta["std"]).view(1, 3, 1, 1)
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.reset_running_stats()
+            module.momentum = None  # cumulative average: exactly this batch's statistics
+    model.train()
+    with torch.no_grad():
+        model((images.float() / 255 - mean) / std)
+    path = tmp_path_factory.mktemp("calibrated") / "calibrated_dfanet_b.safetensors"
+    return save_checkpoint(path, model.eval(), meta)
+
+
+@pytest.fixture(scope="session")
+def bag_reference(calibrated_checkpoint: Path, camvid_root: Path) -> dict:
+    """What bag evaluation and live replay of the shared bag must reproduce: the masks, mIoU and
+    per-class IoU of ``calibrated_checkpoint`` on the PNG files of the bag's frames
+    (``_helpers.png_reference``). Treat as read-only (session-wide)."""
+    from _helpers import png_reference
+
+    ref = png_reference(calibrated_checkpoint, camvid_root)
+    classes = set().union(*(np.unique(m).tolist() for m in ref["masks"]))
+    assert len(classes) >= 4, "the reference masks should vary"
+    assert not all(np.array_equal(ref["masks"][0], m) for m in ref["masks"][1:])
+    return ref
 
 
 _domain_ids = itertools.count(int(os.environ.get("DFANET_TEST_DOMAIN_BASE", "0")))
@@ -124,20 +158,17 @@ _domain_ids = itertools.count(int(os.environ.get("DFANET_TEST_DOMAIN_BASE", "0")
 
 @pytest.fixture
 def ros_domain_env(tmp_path: Path) -> dict[str, str]:
-    """Environment for ROS processes of one test: its own domain, localhost-only discovery,
-    Fast DDS large-data transport (best-effort frames > 0.5 MB are lost without it)."""
+    """Environment for ROS processes of one test: its own domain and localhost-only discovery, so
+    parallel tests never cross-talk.
+
+    Measured here: with localhost-only discovery rmw_fastrtps ignores
+    FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA, so best-effort messages over ~0.5 MB are lost between
+    processes; tests that send such frames use reliable QoS (see docs/ros_interface.md).
+    """
+    from dfanet_ros.harness import ros_environment
+
     base = 10 + (os.getpid() * 7) % 150
     domain = base + next(_domain_ids) % 70
-    env = dict(os.environ)
-    env.update(
-        {
-            "ROS_DOMAIN_ID": str(domain),
-            "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
-            "FASTDDS_BUILTIN_TRANSPORTS": "LARGE_DATA",
-            "ROS_LOG_DIR": str(tmp_path / "ros_log"),
-            "HOME": os.environ.get("HOME", str(tmp_path)),
-            "RMW_IMPLEMENTATION": "rmw_fastrtps_cpp",
-            "PYTHONUNBUFFERED": "1",
-        }
-    )
+    env = ros_environment(domain, tmp_path / "ros_log")
+    env["PYTHONUNBUFFERED"] = "1"
     return env

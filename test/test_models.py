@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from dfanet_core import CheckpointError, create_model, list_models, load_checkpoint, save_checkpoint
+from dfanet_core import (
+    CheckpointError,
+    create_model,
+    list_models,
+    load_checkpoint,
+    save_checkpoint,
+)
 from dfanet_core.checkpoint import default_meta
 from dfanet_core.models import get_config
 from dfanet_core.profile import count_macs
@@ -197,7 +203,8 @@ def test_interrupted_checkpoint_write_leaves_previous_file(tmp_path, monkeypatch
 
     monkeypatch.setattr(_os, "replace", boom)
     with pytest.raises(KeyboardInterrupt):
-        save_checkpoint(path, create_model("backbone_b", num_classes=3), default_meta("backbone_b", 3))
+        save_checkpoint(path, create_model("backbone_b", num_classes=3),
+                        default_meta("backbone_b", 3))
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["c.safetensors"]
 
@@ -247,7 +254,7 @@ def test_core_does_not_import_rclpy():
 
 
 def test_profile_cli_prints_paper_columns():
-    out = subprocess.run(
-        [sys.executable, "-m", "dfanet_core.profile", "--models", "dfanet_b", "--sizes", "1024x1024",
-         "--latency-runs", "0"], check=True, capture_output=True, text=True).stdout
+    cmd = [sys.executable, "-m", "dfanet_core.profile", "--models", "dfanet_b",
+           "--sizes", "1024x1024", "--latency-runs", "0"]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     assert "| dfanet_b | 1024x1024 |" in out and "| 2.1 |" in out
