@@ -33,15 +33,21 @@ def _seed():
 def test_output_matches_odd_input_size_and_backward_runs(name):
     model = create_model(name, num_classes=5).train()
     # Odd size, large enough that the deepest (x4) backbone keeps more than one pixel per map.
-    x = torch.randn(2, 3, 515, 643) if name.endswith("x4") else torch.randn(2, 3, 131, 197)
+    x = torch.randn(2, 3, 259, 389) if name.endswith("x4") else torch.randn(2, 3, 131, 197)
     y = model(x)
     assert y.shape == (2, 5, *x.shape[-2:])
     assert torch.isfinite(y).all()
     y.square().mean().backward()
     no_grad = [n for n, p in model.named_parameters() if p.grad is None]
     assert not no_grad, f"parameters without gradient: {no_grad[:5]}"
-    zero = [n for n, p in model.named_parameters() if not p.grad.abs().sum() > 0]
-    assert not zero, f"parameters with an all-zero gradient: {zero[:5]}"
+    # In training mode the bias of the BN between a depthwise and its pointwise conv is exactly
+    # redundant: the pointwise conv is linear and the next BN removes any per-channel constant,
+    # so its gradient is zero up to rounding (docs/architecture.md, "Known redundancy").
+    redundant = {n for n in dict(model.named_parameters())
+                 if ".convs." in n and n.endswith(".1.bias")}
+    dead = [n for n, p in model.named_parameters()
+            if n not in redundant and not p.grad.abs().max().item() > 0]
+    assert not dead, f"parameters with an all-zero gradient: {dead[:5]}"
 
 
 @pytest.mark.parametrize("hw", [(360, 480), (720, 960), (1024, 2048), (100, 150), (65, 129)])
