@@ -67,7 +67,8 @@ def save_checkpoint(
     *,
     dtype: torch.dtype | None = None,
 ) -> Path:
-    """Write weights + metadata atomically. ``dtype=torch.float16`` halves the file (shipping)."""
+    """Write weights + metadata atomically. ``dtype=torch.float16`` stores the parameters in half
+    precision (shipping); buffers such as BN running statistics stay float32."""
     meta = dict(meta)
     meta.setdefault("variant", model.config.name)
     meta.setdefault("num_classes", model.num_classes)
@@ -81,10 +82,15 @@ def save_checkpoint(
         )
     meta["format_version"] = FORMAT_VERSION
     tensors = {}
+    parameters = {name for name, _ in model.named_parameters()}
     for name, tensor in model.state_dict().items():
         tensor = tensor.detach().cpu()
-        if dtype is not None and tensor.is_floating_point():
-            tensor = tensor.to(dtype)
+        if dtype is not None and name in parameters and tensor.is_floating_point():
+            # Only parameters shrink, and only when they fit: BN running variances of a trained
+            # DFANet exceed float16's range (65504) and would load as inf.
+            converted = tensor.to(dtype)
+            if torch.isfinite(converted).all():
+                tensor = converted
         tensors[name] = tensor.contiguous()
     blob = save(tensors, metadata={META_KEY: json.dumps(meta)})
     return atomic_write_bytes(path, blob)

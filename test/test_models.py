@@ -159,6 +159,24 @@ def test_fp16_checkpoint_loads_as_float32(tmp_path):
         assert torch.allclose(model(x), loaded(x), atol=5e-2)
 
 
+def test_fp16_checkpoint_keeps_running_statistics_beyond_fp16_range(tmp_path):
+    # A trained DFANet has BN running variances up to ~5e7, past float16's 65504.
+    model = _trained_like("backbone_b", 4)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_var.mul_(1e6)
+                module.running_mean.mul_(1e3)
+    path = save_checkpoint(tmp_path / "big.safetensors", model, default_meta("backbone_b", 4),
+                           dtype=torch.float16)
+    loaded, _ = load_checkpoint(path)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.inference_mode():
+        ref, out = model(x), loaded(x)
+    assert torch.isfinite(out).all()
+    assert (ref.argmax(1) == out.argmax(1)).float().mean() > 0.99
+
+
 def test_checkpoint_mismatch_names_both(tmp_path):
     path = save_checkpoint(tmp_path / "b.safetensors", create_model("dfanet_b", num_classes=11),
                            default_meta("dfanet_b", 11))

@@ -7,9 +7,8 @@
 
 Pipeline per call: validate -> place (stretch or letterbox) + resize + normalize (on the backend's
 device) -> backend inference -> argmax on the device (inside the exported graph for ONNX Runtime
-and
-TensorRT) -> crop the letterbox and resize back with nearest neighbour -> numpy. Lists of any sizes
-are run in batches of ``max_batch_size``.
+and TensorRT) -> crop the letterbox and resize back with nearest neighbour -> numpy. Lists of any
+sizes are run in batches of ``max_batch_size``.
 """
 
 from __future__ import annotations
