@@ -38,6 +38,19 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(pytest.mark.skip(reason=reason))
 
 
+@pytest.fixture(scope="module")
+def one_cpu_thread():
+    """One intra-op torch thread for a module's CPU inference: on a shared 2-core machine two
+    OpenMP threads stall at every barrier when a neighbour runs, turning milliseconds into
+    seconds. Use with ``pytestmark = pytest.mark.usefixtures("one_cpu_thread")``."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
     if not SHARED_DIR.is_dir():

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import onnx
 import pytest
-import torch
 
 from dfanet_core import load_checkpoint
 from dfanet_core.deploy import export as export_mod
@@ -21,14 +20,8 @@ from dfanet_core.deploy.export import (
 INPUT_SIZE = (192, 256)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_cpu_thread():
-    """One intra-op thread for this module's CPU inference: on a shared 2-core machine two OpenMP
-    threads stall at every barrier when a neighbour runs, turning milliseconds into seconds."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# One intra-op thread for this module's CPU inference (conftest.one_cpu_thread explains why).
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
 
 @pytest.fixture(scope="module")

@@ -18,14 +18,8 @@ from dfanet_core.deploy.segmenter import SegmentationResult
 INPUT_SIZE = (192, 256)  # CamVid's 3:4 aspect, small enough for a quick CPU run
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_cpu_thread():
-    """One intra-op thread for this module's CPU inference: on a shared 2-core machine two OpenMP
-    threads stall at every barrier when a neighbour runs, turning milliseconds into seconds."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# One intra-op thread for this module's CPU inference (conftest.one_cpu_thread explains why).
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
 
 @pytest.fixture(scope="module")
