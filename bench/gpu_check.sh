@@ -18,6 +18,7 @@
 #               (baseline), fp16, fp16 + CUDA graphs, TensorRT fp16 when it imports and runs here
 #   4. tests    pytest -m gpu (GPU-marked tests of every area)
 #   5. report   gpu_check.md
+# With GPU_CHECK_DEADLINE=<epoch seconds> every step is cut (or skipped) to end before it.
 set -u -o pipefail
 
 cd "$(dirname "$0")/.."
@@ -66,10 +67,23 @@ export DFANET_SHARED_DIR="$SHARED"
 export DFANET_CACHE_DIR="$(mktemp -d)"
 export PYTHONPATH="$REPO_ROOT${PYTHONPATH:+:$PYTHONPATH}"
 
+# GPU_CHECK_DEADLINE (epoch seconds, optional): no step runs past it, so the check fits what
+# is left of a device call that trained first (training/gpu_train.sh).
+DEADLINE=${GPU_CHECK_DEADLINE:-0}
+
 run_step() {  # name, seconds, command...
     local name=$1 limit=$2
     shift 2
     local t0=$(date +%s)
+    if (( DEADLINE > 0 )); then
+        local left=$(( DEADLINE - t0 - 12 ))
+        if (( left < 10 )); then
+            echo "== [$name] skipped: the call's deadline is ${left}s away"
+            FAILED+=("$name(skipped)")
+            return 0
+        fi
+        (( left < limit )) && limit=$left
+    fi
     echo "== [$name] (limit ${limit}s): $*"
     timeout --kill-after=10 "$limit" "$@"
     local rc=$?
@@ -84,7 +98,7 @@ run_step parity 100 "$PYTHON" bench/gpu_check.py parity --out "$OUT" --images "$
 run_step bench 150 "$PYTHON" -m dfanet_core.bench \
     --variants dfanet_a dfanet_b --sizes 1024x1024 512x1024 --batches 1 4 \
     --backends torch-cuda torch-fp16 torch-fp16-graphs tensorrt-fp16 --baseline torch-cuda \
-    --warmup 5 --min-iters 20 --max-iters 200 --budget-s 3 --settle-ms 0 \
+    --warmup 5 --min-iters 20 --max-iters 200 --budget-s 2 --settle-ms 0 \
     --json "$OUT/gpu_bench.json"
 run_step tests 120 "$PYTHON" -m pytest -m gpu test/ -q -rs -p no:cacheprovider \
     --continue-on-collection-errors --junitxml "$OUT/gpu_tests.xml" \

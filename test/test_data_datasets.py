@@ -83,6 +83,38 @@ def test_seeded_keys_are_reproducible(camvid_root):
     assert not torch.equal(a[0], c[0])
 
 
+def test_cached_dataset_gives_the_same_samples_and_protects_its_arrays(camvid_root):
+    from dfanet_core.data.transforms import train_preset
+
+    plain = CamVidDataset(camvid_root, "train", train_preset((96, 128))).subset(3)
+    cached = CamVidDataset(camvid_root, "train", train_preset((96, 128))).subset(3)
+    cached.cache_in_memory()
+    for key in [(0, 5), (2, 9)]:
+        a, b = plain[key], cached[key]
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    image, label = cached.load(1)
+    with pytest.raises(ValueError, match="read-only"):
+        image[0, 0] = 0
+    assert cached.subset(2)._cache.keys() == {0, 1}
+
+
+def test_camvid_accepts_recompressed_jpeg_images(camvid_root, tmp_path):
+    """A JPEG copy of the images (e.g. to move the set to a GPU machine) pairs with the PNG
+    labels by stem."""
+    source = CamVidDataset(camvid_root, "val").subset(2)
+    (tmp_path / "val").mkdir()
+    (tmp_path / "valannot").mkdir()
+    for image_path, label_path in source.pairs:
+        cv2.imwrite(str(tmp_path / "val" / f"{image_path.stem}.jpg"), cv2.imread(str(image_path)))
+        (tmp_path / "valannot" / label_path.name).write_bytes(label_path.read_bytes())
+    copy = CamVidDataset(tmp_path, "val")
+    assert copy.stems == source.stems
+    image, label = copy.load(0)
+    reference_image, reference_label = source.load(0)
+    assert np.array_equal(label, reference_label)
+    assert np.abs(image.astype(int) - reference_image).mean() < 3
+
+
 # ---------------------------------------------------------------- Cityscapes (generated)
 
 

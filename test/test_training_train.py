@@ -225,6 +225,59 @@ def test_pretrained_backbone_for_another_variant_is_rejected(tmp_path):
         train.load_backbone_weights(create_model("dfanet_a", num_classes=11), path)
 
 
+def _fit_loop(iteration: int, seconds_left: float, last_eval_s: float, iters: int = 10_000):
+    """A TrainingLoop at ``iteration`` after 1 s per iteration, ``seconds_left`` before its
+    deadline (the schedule-fitting state only)."""
+    from types import SimpleNamespace
+
+    loop = object.__new__(train.TrainingLoop)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    loop.args = SimpleNamespace(iters=iters, max_minutes=10.0)
+    loop.dist = train_utils.DistInfo()
+    loop.state = train.RunState(iteration=iteration)
+    loop.total_iters = iters
+    loop.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, train.PolyLR(iters))
+    loop.progress = SimpleNamespace(total=iters)
+    now = time.monotonic()
+    loop.start_iteration, loop.loop_start = 0, now - iteration
+    loop.deadline, loop.last_eval_s = now + seconds_left, last_eval_s
+    return loop
+
+
+def test_fit_schedule_shortens_the_poly_schedule_to_the_budget():
+    loop = _fit_loop(iteration=40, seconds_left=112.0, last_eval_s=4.0)
+    loop._maybe_fit_schedule(just_evaluated=True)
+    # 112 s left minus a reserve of max(1.5 x 4 s, 2 % of 600 s) = 12 s, at 1 s per iteration.
+    assert 139 <= loop.total_iters <= 140  # (a few ms pass between set-up and the fit)
+    assert loop.scheduler.lr_lambdas[0].max_iters == loop.total_iters
+
+
+def test_fit_schedule_ends_on_an_evaluation_when_nothing_more_fits():
+    """Near the deadline the run ends at the evaluation just made instead of re-fitting to one
+    more iteration (and evaluating again) on every iteration until the deadline."""
+    loop = _fit_loop(iteration=40, seconds_left=5.0, last_eval_s=4.0)
+    loop._maybe_fit_schedule(just_evaluated=True)
+    assert loop.total_iters == 40
+    # Between evaluations (the first fit at 20 iterations) at least one more iteration runs.
+    loop = _fit_loop(iteration=20, seconds_left=1.0, last_eval_s=0.0)
+    loop._maybe_fit_schedule(just_evaluated=False)
+    assert loop.total_iters == 21
+    # A completed schedule is never reopened, however much time is left.
+    loop = _fit_loop(iteration=40, seconds_left=500.0, last_eval_s=1.0, iters=40)
+    loop._maybe_fit_schedule(just_evaluated=True)
+    assert loop.total_iters == 40
+
+
+def test_cache_images_trains_like_reading_files(camvid_root, tmp_path):
+    common = [*SMALL, "--batch-size", "2", "--iters", "3", "--lr", "0.02", *ONE_THREAD]
+    run_main(camvid_root, tmp_path / "files", *common)
+    run_main(camvid_root, tmp_path / "cached", *common, "--cache-images")
+    a, _ = load_checkpoint(tmp_path / "files" / "final.safetensors")
+    b, _ = load_checkpoint(tmp_path / "cached" / "final.safetensors")
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(x, y), name
+
+
 def test_poly_schedule_and_linear_scaling():
     poly = train.PolyLR(100, 0.9)
     assert poly(0) == 1.0 and poly(100) == 0.0
