@@ -287,3 +287,32 @@ def test_poly_schedule_and_linear_scaling():
     args = train.parse_args(["--batch-size", "12", "--lr", "0.3"])
     assert train.learning_rate(args, world_size=4) == 0.3
     assert "linear scaling" in train.get_args_parser().format_help()
+
+
+def test_warmup_ramps_linearly_into_the_poly_schedule():
+    poly = train.PolyLR(100, 0.9, warmup_iters=10, warmup_factor=0.1)
+    assert poly(0) == pytest.approx(0.1)
+    assert poly(5) == pytest.approx(0.55 * (1 - 5 / 100) ** 0.9)
+    assert poly(10) == pytest.approx((1 - 10 / 100) ** 0.9)
+    # A scheduler state written before warm-up existed still loads and means "no warm-up".
+    old = train.PolyLR(100, 0.9)
+    del old.__dict__["warmup_iters"], old.__dict__["warmup_factor"]
+    restored = train.PolyLR(1)
+    restored.__dict__.update(old.__dict__)
+    assert restored(0) == 1.0
+
+
+def test_bfloat16_autocast_trains_on_cpu(camvid_root, tmp_path):
+    """--amp: bfloat16 autocast (float32's range: no loss scaling, no overflow); on a CPU
+    float16 is refused and training stays float32."""
+    out = tmp_path / "bf16"
+    summary = run_main(
+        camvid_root, out, *SMALL, "--batch-size", "2", "--iters", "6", "--lr", "0.02", "--amp",
+        "--warmup-iters", "3", *ONE_THREAD,
+    )  # fmt: skip
+    rows = log_rows(out)
+    assert summary["iterations"] == 6 and all(math.isfinite(r["loss"]) for r in rows)
+    assert "autocast to bfloat16" in (out / "train.log").read_text()
+    args = train.parse_args(["--amp", "--amp-dtype", "float16"])
+    assert train.autocast_dtype(args, torch.device("cpu")) is None
+    assert train.autocast_dtype(train.parse_args([]), torch.device("cpu")) is None

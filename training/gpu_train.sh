@@ -11,11 +11,13 @@
 #   gitignored: CamVid is research-only data and is never committed; delete DEST after the call).
 #   Test images are not packed: the test split is evaluated afterwards on the original PNGs.
 # run: trains every VARIANT (dfanet_a, dfanet_b) at once with its recipe (training/recipes/
-#   camvid_<a|b>.yaml: batch 48, LR 0.2, poly), AMP and channels_last, images cached in memory,
-#   the loader workers split between the runs, and `--max-minutes MINUTES --fit-schedule` so
-#   each poly schedule ends inside the budget. Each run's folder (without the resumable
-#   checkpoint.pth and final.safetensors: one file may bring back 16 MiB) is packed into OUT/train_<variant>.tgz (at most 8 files come back from a
-#   call). GPU_TRAIN_ARGS="..." appends train.py flags (e.g. a tiny smoke run on a CPU).
+#   camvid_<a|b>.yaml: batch 48, LR 0.2, poly) plus a 100-iteration linear warm-up, bfloat16
+#   autocast (float16 overflowed: NaN loss by iteration 22 on an H200) and channels_last, the
+#   images cached in memory, the loader workers split between the runs, and `--max-minutes
+#   MINUTES --fit-schedule` so that each poly schedule ends inside the budget. Each run's folder
+#   (without the resumable checkpoint.pth and final.safetensors: a file brought back may hold at
+#   most 16 MiB) is packed into OUT/train_<variant>.tgz (at most 8 files come back from a call).
+#   GPU_TRAIN_ARGS="..." appends train.py flags (e.g. a tiny smoke run on a CPU).
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 
@@ -71,7 +73,8 @@ torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU')" 2>&1
     for variant in "$@"; do
         recipe=camvid_${variant#dfanet_}
         "$PYTHON" training/train.py --recipe "$recipe" --data-root "$data" --amp \
-            --cache-images --workers "$workers" --iters 40000 --max-minutes "$minutes" \
+            --warmup-iters 100 --cache-images --workers "$workers" --iters 40000 \
+            --max-minutes "$minutes" \
             --fit-schedule --eval-every 500 --ckpt-every 500 --print-freq 50 --export-fp16 \
             --output-dir "runs/gpu_$variant" ${GPU_TRAIN_ARGS:-} \
             > "runs/gpu_$variant.console.log" 2>&1 &

@@ -60,7 +60,7 @@ CHECKPOINT_FORMAT = "dfanet-train-v1"
 RUN_DEFINING_ARGS = (
     "model", "dataset", "crop_size", "batch_size", "seed", "scale_range", "hflip_prob",
     "base_lr", "base_batch_size", "lr", "iters", "momentum", "weight_decay", "poly_power",
-    "base_size", "train_split", "train_subset", "world_size",
+    "base_size", "train_split", "train_subset", "world_size", "warmup_iters", "warmup_factor",
 )  # fmt: skip
 
 
@@ -116,7 +116,19 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--weight-decay", type=float, default=1e-5)
     p.add_argument("--poly-power", type=float, default=0.9)
-    p.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
+    p.add_argument("--amp", action="store_true", help="mixed precision (autocast)")
+    p.add_argument(
+        "--amp-dtype", default="auto", choices=["auto", "bfloat16", "float16"],
+        help="autocast type; auto = bfloat16 where the device supports it (float16 overflows "
+        "in DFANet once its pre-norm weights grow: NaN loss after ~20 iterations at LR 0.2)",
+    )  # fmt: skip
+    p.add_argument(
+        "--warmup-iters", type=int, default=0,
+        help="linear LR warm-up over the first N iterations (0: none, as in the paper)",
+    )  # fmt: skip
+    p.add_argument(
+        "--warmup-factor", type=float, default=0.1, help="LR multiplier at iteration 0 of warm-up"
+    )
     p.add_argument("--seed", type=int, default=0)
     # run control
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
@@ -149,15 +161,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 class PolyLR:
-    """``(1 - iteration / max_iters) ** power``, a callable object so that LambdaLR's state dict
-    stores it (and ``--fit-schedule`` can shorten it)."""
+    """``(1 - iteration / max_iters) ** power``, times a linear warm-up from ``warmup_factor``
+    to 1 over the first ``warmup_iters`` iterations; a callable object so that LambdaLR's state
+    dict stores it (and ``--fit-schedule`` can shorten it)."""
 
-    def __init__(self, max_iters: int, power: float = 0.9):
+    warmup_iters = 0  # class defaults: checkpoints written before warm-up existed lack them
+    warmup_factor = 1.0
+
+    def __init__(
+        self, max_iters: int, power: float = 0.9, warmup_iters: int = 0,
+        warmup_factor: float = 0.1,
+    ):  # fmt: skip
         self.max_iters = int(max_iters)
         self.power = float(power)
+        self.warmup_iters = int(warmup_iters)
+        self.warmup_factor = float(warmup_factor)
 
     def __call__(self, iteration: int) -> float:
-        return max(0.0, 1.0 - iteration / self.max_iters) ** self.power
+        factor = max(0.0, 1.0 - iteration / self.max_iters) ** self.power
+        if iteration < self.warmup_iters:
+            progress = iteration / self.warmup_iters
+            factor *= self.warmup_factor + (1.0 - self.warmup_factor) * progress
+        return factor
 
 
 @dataclass
@@ -207,6 +232,21 @@ def build_datasets(args) -> tuple[SegmentationDataset, SegmentationDataset]:
             len(train_set), len(val_set), time.monotonic() - start,
         )  # fmt: skip
     return train_set, val_set
+
+
+def autocast_dtype(args, device: torch.device) -> torch.dtype | None:
+    """The ``--amp`` autocast type on ``device``, or None for float32 training."""
+    if not args.amp:
+        return None
+    name = args.amp_dtype
+    if name == "auto":
+        cuda = device.type == "cuda"
+        name = "float16" if cuda and not torch.cuda.is_bf16_supported() else "bfloat16"
+    if name == "float16" and device.type != "cuda":
+        LOG.warning("--amp-dtype float16 needs CUDA; training in float32 on %s", device)
+        return None
+    LOG.info("mixed precision: autocast to %s", name)
+    return getattr(torch, name)
 
 
 def resolve_device(args) -> torch.device:
@@ -271,7 +311,7 @@ def train_one_iteration(
     scaler: torch.amp.GradScaler,
     images: torch.Tensor,
     targets: torch.Tensor,
-    amp: bool = False,
+    amp: torch.dtype | None = None,
     world_size: int = 1,
 ) -> float:
     """One SGD step; returns the mean pixel loss over the global batch.
@@ -282,7 +322,7 @@ def train_one_iteration(
     """
     valid = (targets != criterion.ignore_index).sum().float()
     global_valid = tu.all_reduce_sum(valid.clone())
-    with torch.autocast(images.device.type, dtype=torch.float16, enabled=amp):
+    with torch.autocast(images.device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
         logits = model(images)
         loss_sum = criterion(logits, targets)
     loss = loss_sum / (global_valid / world_size).clamp(min=1.0)
@@ -296,9 +336,11 @@ def train_one_iteration(
     return mean_loss
 
 
-def predict(model: nn.Module, images: torch.Tensor, amp: bool = False) -> torch.Tensor:
+def predict(
+    model: nn.Module, images: torch.Tensor, amp: torch.dtype | None = None
+) -> torch.Tensor:
     """Class-id prediction (N, H, W) of a normalized batch at its own resolution."""
-    with torch.autocast(images.device.type, dtype=torch.float16, enabled=amp):
+    with torch.autocast(images.device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
         return model(images).argmax(dim=1)
 
 
@@ -309,7 +351,7 @@ def evaluate(
     device: torch.device,
     num_classes: int,
     ignore_index: int = 255,
-    amp: bool = False,
+    amp: torch.dtype | None = None,
     channels_last: bool = False,
     progress: bool = False,
 ) -> ConfusionMatrix:
@@ -426,9 +468,7 @@ def _train(args, device: torch.device, dist_info: tu.DistInfo) -> dict[str, Any]
     tu.setup_logging(dist_info.rank, args.output_dir / "train.log")
     if args.threads:
         torch.set_num_threads(args.threads)
-    amp = bool(args.amp and device.type == "cuda")
-    if args.amp and not amp:
-        LOG.warning("--amp needs CUDA; training in float32 on %s", device)
+    amp = autocast_dtype(args, device)
     channels_last = device.type == "cuda"
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -451,8 +491,11 @@ def _train(args, device: torch.device, dist_info: tu.DistInfo) -> dict[str, Any]
     optimizer = torch.optim.SGD(
         model.parameters(), lr=lr, momentum=args.momentum, weight_decay=args.weight_decay
     )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, PolyLR(args.iters, args.poly_power))
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, PolyLR(args.iters, args.poly_power, args.warmup_iters, args.warmup_factor)
+    )
+    # Loss scaling only for float16 (bfloat16 has float32's range).
+    scaler = torch.amp.GradScaler(device.type, enabled=amp is torch.float16)
     state = RunState()
     checkpoint = resume_path(args)
     if checkpoint is not None:

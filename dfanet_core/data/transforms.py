@@ -172,10 +172,13 @@ class ToTensor:
     """(H, W, 3) image -> float32 tensor (3, H, W); target -> int64 tensor (H, W)."""
 
     def __call__(self, image, target, rng=None):
-        image_t = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
-        if image_t.dtype != torch.float32:
-            image_t = image_t.float()
-        target_t = torch.from_numpy(np.ascontiguousarray(target)).long()
+        # Copies where the input may be shared (read-only cached arrays, views): the tensors own
+        # their memory.
+        image = image.transpose(2, 0, 1)
+        if image.dtype != np.float32 or not image.flags.writeable:
+            image = image.astype(np.float32)
+        image_t = torch.from_numpy(np.ascontiguousarray(image))
+        target_t = torch.from_numpy(target.astype(np.int64))
         return image_t, target_t
 
     def __repr__(self) -> str:

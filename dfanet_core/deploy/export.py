@@ -19,7 +19,6 @@ values JSON), so an ONNX file alone is enough to run the model.
 from __future__ import annotations
 
 import argparse
-import copy
 import io
 import json
 import logging
@@ -38,6 +37,7 @@ import torch
 from torch import nn
 
 from ..checkpoint import CheckpointError, load_checkpoint
+from ..models.fusion import fuse_conv_bn
 from ._io import atomic_path, sha256_file
 from .preprocess import plan_placement, preprocess_numpy
 
@@ -45,7 +45,7 @@ LOG = logging.getLogger(__name__)
 
 OPSET = 18
 #: Bumped when the exported graph changes for the same checkpoint (invalidates cached exports).
-EXPORT_FORMAT_VERSION = 1
+EXPORT_FORMAT_VERSION = 2  # 2: batch norm folded into the convolutions (fp16-safe)
 HEADS = ("logits", "classes")
 PRECISIONS = ("fp32", "fp16")
 INPUT_NAME = "images"
@@ -146,7 +146,9 @@ def _wrap(model: nn.Module, head: str, confidence: bool, precision: str) -> nn.M
         raise ValueError(f"head must be one of {HEADS}, got {head!r}")
     if precision not in PRECISIONS:
         raise ValueError(f"export precision must be one of {PRECISIONS}, got {precision!r}")
-    model = copy.deepcopy(model).cpu().eval()
+    # Batch norm folded into the convolutions: the graph's intermediate values then fit float16
+    # (see dfanet_core.models.fusion), which TensorRT fp16 engines and fp16 exports need.
+    model = fuse_conv_bn(model.cpu()).eval()
     dtype = torch.float16 if precision == "fp16" else torch.float32
     model = model.to(dtype)
     if head == "classes":

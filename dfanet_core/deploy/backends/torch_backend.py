@@ -7,6 +7,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ...models.fusion import fuse_conv_bn
 from .base import Array, Backend, classes_from_logits
 
 PRECISIONS = ("fp32", "fp16")
@@ -54,7 +55,11 @@ class TorchBackend(Backend):
         self.channels_last = on_cuda if channels_last is None else bool(channels_last)
         self.memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         self.cuda_graphs = cuda_graphs
-        self.model = model.eval().to(self.device, self.dtype, memory_format=self.memory_format)
+        # Batch norm folded into the convolutions: fewer kernels, and float16 stays finite (see
+        # dfanet_core.models.fusion; unfused fp16 agreed on only ~30 % of pixels).
+        self.model = fuse_conv_bn(model).to(
+            self.device, self.dtype, memory_format=self.memory_format
+        )
         self._graphs: dict[tuple[int, ...], tuple[torch.cuda.CUDAGraph, torch.Tensor, tuple]] = {}
 
     def _prepare(self, batch: Array) -> torch.Tensor:
