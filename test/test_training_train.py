@@ -239,7 +239,8 @@ def _fit_loop(iteration: int, seconds_left: float, last_eval_s: float, iters: in
     loop.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, train.PolyLR(iters))
     loop.progress = SimpleNamespace(total=iters)
     now = time.monotonic()
-    loop.start_iteration, loop.loop_start = 0, now - iteration
+    loop.start_iteration, loop.loop_start = 0, now - iteration - 50.0  # a slow first iteration
+    loop.rate_start = (now - iteration + 1, 1)
     loop.deadline, loop.last_eval_s = now + seconds_left, last_eval_s
     return loop
 
