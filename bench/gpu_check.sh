@@ -100,7 +100,10 @@ run_step bench 150 "$PYTHON" -m dfanet_core.bench \
     --backends torch-cuda torch-fp16 torch-fp16-graphs tensorrt-fp16 --baseline torch-cuda \
     --warmup 5 --min-iters 20 --max-iters 200 --budget-s 2 --settle-ms 0 \
     --json "$OUT/gpu_bench.json"
+# The ROS and bag test modules import rclpy/rosbags (absent on the GPU image) and hold no GPU
+# tests: leave them out rather than report collection errors.
 run_step tests 120 "$PYTHON" -m pytest -m gpu test/ -q -rs -p no:cacheprovider \
+    --ignore-glob 'test/test_ros_*' --ignore-glob 'test/test_bag_*' \
     --continue-on-collection-errors --junitxml "$OUT/gpu_tests.xml" \
     -o "junit_family=xunit2" > "$OUT/gpu_tests.txt" 2>&1
 tail -n 25 "$OUT/gpu_tests.txt"

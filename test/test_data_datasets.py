@@ -241,3 +241,36 @@ def test_unknown_dataset_and_split(tmp_path):
         build_dataset("camvid", tmp_path, "dev")
     with pytest.raises(DatasetError, match="needs num_classes"):
         build_dataset("folder", tmp_path, "train")
+
+
+# ---------------------------------------------------------------- class weights
+
+
+def test_class_weights_by_hand():
+    from dfanet_core.data.class_weights import class_weights
+
+    pixels, image_pixels = np.array([90, 10, 0]), np.array([100, 50, 0])
+    enet = class_weights(pixels, image_pixels, "enet")
+    raw = np.array([1 / np.log(1.92), 1 / np.log(1.12)])
+    np.testing.assert_allclose(enet[:2], raw / (0.9 * raw[0] + 0.1 * raw[1]), rtol=1e-6)
+    median = class_weights(pixels, image_pixels, "median-freq")
+    # class frequencies 0.9 and 0.2, median 0.55 -> 0.611 and 2.75, then mean-1 scaling
+    np.testing.assert_allclose(median, [0.55 / 0.9 / 0.825, 2.75 / 0.825, 0.0], rtol=1e-6)
+    for weights in (enet, median):
+        assert weights[2] == 0 and (pixels / 100 * weights).sum() == pytest.approx(1.0)
+    assert class_weights(pixels, image_pixels, "none") is None
+    with pytest.raises(ValueError, match="must be one of"):
+        class_weights(pixels, image_pixels, "inverse")
+
+
+def test_label_statistics_count_real_camvid_labels(camvid_root):
+    from dfanet_core.data.class_weights import label_statistics
+
+    dataset = CamVidDataset(camvid_root, "val").subset(3)
+    pixels, image_pixels = label_statistics(dataset)
+    labels = [dataset.load(i)[1] for i in range(3)]
+    expected = sum(np.bincount(lab[lab < 11].ravel(), minlength=11) for lab in labels)
+    assert np.array_equal(pixels, expected)
+    valid = [(lab < 11).sum() for lab in labels]
+    for c in range(11):
+        assert image_pixels[c] == sum(v for v, lab in zip(valid, labels) if (lab == c).any())

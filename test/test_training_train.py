@@ -317,3 +317,22 @@ def test_bfloat16_autocast_trains_on_cpu(camvid_root, tmp_path):
     args = train.parse_args(["--amp", "--amp-dtype", "float16"])
     assert train.autocast_dtype(args, torch.device("cpu")) is None
     assert train.autocast_dtype(train.parse_args([]), torch.device("cpu")) is None
+
+
+def test_init_checkpoint_starts_from_its_weights_and_rejects_another_variant(
+    camvid_root, tmp_path, untrained_checkpoint
+):
+    small = [*SMALL[2:], "--batch-size", "2", "--iters", "1", "--lr", "0", *ONE_THREAD]
+    out = tmp_path / "init"
+    run_main(
+        camvid_root, out, "--model", "dfanet_b", *small,
+        "--init-checkpoint", str(untrained_checkpoint), "--class-weights", "enet",
+    )  # fmt: skip
+    source, _ = load_checkpoint(untrained_checkpoint)
+    trained, _ = load_checkpoint(out / "final.safetensors")
+    for (name, a), (_, b) in zip(source.named_parameters(), trained.named_parameters()):
+        assert torch.equal(a, b), name  # LR 0: the weights are the checkpoint's
+    assert "class weights (enet): Sky" in (out / "train.log").read_text()
+    with pytest.raises(train_utils.TrainingError, match="holds 'dfanet_b', but --model is"):
+        run_main(camvid_root, tmp_path / "bad", "--model", "backbone_b", *small,
+                 "--init-checkpoint", str(untrained_checkpoint))  # fmt: skip

@@ -50,6 +50,8 @@ from dfanet_core.data import (
     build_dataset,
     dataset_info,
 )
+from dfanet_core.data.class_weights import METHODS as WEIGHTING_METHODS
+from dfanet_core.data.class_weights import class_weights, label_statistics
 from dfanet_core.data.transforms import eval_preset, train_preset
 from dfanet_core.metrics import ConfusionMatrix
 from dfanet_core.models import load_pretrained_backbone
@@ -61,6 +63,7 @@ RUN_DEFINING_ARGS = (
     "model", "dataset", "crop_size", "batch_size", "seed", "scale_range", "hflip_prob",
     "base_lr", "base_batch_size", "lr", "iters", "momentum", "weight_decay", "poly_power",
     "base_size", "train_split", "train_subset", "world_size", "warmup_iters", "warmup_factor",
+    "class_weights", "init_checkpoint",
 )  # fmt: skip
 
 
@@ -116,6 +119,16 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--weight-decay", type=float, default=1e-5)
     p.add_argument("--poly-power", type=float, default=0.9)
+    p.add_argument(
+        "--class-weights", default="none", choices=list(WEIGHTING_METHODS),
+        help="cross-entropy class weights from the training labels (none = the paper's loss; "
+        "enet = 1/ln(1.02+p); median-freq = SegNet's), scaled to a pixel-weighted mean of 1",
+    )  # fmt: skip
+    p.add_argument(
+        "--init-checkpoint", type=Path,
+        help="start from these weights (a .safetensors of the same variant and classes, e.g. "
+        "to fine-tune); optimizer and schedule start fresh (unlike --resume)",
+    )  # fmt: skip
     p.add_argument("--amp", action="store_true", help="mixed precision (autocast)")
     p.add_argument(
         "--amp-dtype", default="auto", choices=["auto", "bfloat16", "float16"],
@@ -267,6 +280,34 @@ def load_backbone_weights(model: nn.Module, path: Path) -> None:
             f"pretrained for another backbone ({ckpt.get('backbone', 'unknown')})?"
         )
     LOG.info("loaded pretrained backbone %s into %d backbones", path, len(model.backbones))
+
+
+def load_initial_weights(model: nn.Module, path: Path, variant: str) -> None:
+    """Copy a dfanet_core checkpoint's weights into ``model``; another variant or class count
+    is an error naming both."""
+    source, meta = load_checkpoint(path)
+    if meta.get("variant") != variant:
+        raise tu.TrainingError(
+            f"--init-checkpoint {path} holds {meta.get('variant')!r}, but --model is {variant!r}"
+        )
+    try:
+        model.load_state_dict(source.float().state_dict())
+    except RuntimeError as exc:
+        raise tu.TrainingError(f"--init-checkpoint {path} does not fit the model: {exc}") from None
+    LOG.info("initialised from %s (val mIoU %s)", path, meta.get("training", {}).get("val_miou"))
+
+
+def loss_weights(args, dataset, device: torch.device) -> torch.Tensor | None:
+    """``--class-weights`` from the training labels (None for the paper's plain loss)."""
+    if args.class_weights == "none":
+        return None
+    pixels, image_pixels = label_statistics(dataset)
+    weights = class_weights(pixels, image_pixels, args.class_weights)
+    LOG.info(
+        "class weights (%s): %s", args.class_weights,
+        ", ".join(f"{n} {w:.2f}" for n, w in zip(dataset.info.class_names, weights)),
+    )  # fmt: skip
+    return torch.from_numpy(weights).to(device)
 
 
 def _model_name(model: nn.Module) -> str:
@@ -480,6 +521,8 @@ def _train(args, device: torch.device, dist_info: tu.DistInfo) -> dict[str, Any]
     model = create_model(args.model, num_classes=info.num_classes)
     if args.pretrained_backbone:
         load_backbone_weights(model, args.pretrained_backbone)
+    if args.init_checkpoint:
+        load_initial_weights(model, args.init_checkpoint, args.model)
     if dist_info.distributed:
         model = tu.convert_sync_batchnorm(model, device.type)
     model.to(device)
@@ -574,7 +617,10 @@ class TrainingLoop:
         self.state, self.log, self.info = state, log, info
         self.input_size, self.amp, self.channels_last = input_size, amp, channels_last
         self.train_loader, self.val_loader = train_loader, val_loader
-        self.criterion = nn.CrossEntropyLoss(ignore_index=info.ignore_index, reduction="sum")
+        self.criterion = nn.CrossEntropyLoss(
+            weight=loss_weights(args, train_loader.dataset, device),
+            ignore_index=info.ignore_index, reduction="sum",
+        )  # fmt: skip
         self.total_iters = args.iters
         self.start_iteration = state.iteration
         self.loop_start = self.clock_start = time.monotonic()

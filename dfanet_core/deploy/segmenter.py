@@ -1,6 +1,6 @@
 """The one inference entry point: images in, class-id masks at each image's own resolution out.
 
-    seg = Segmenter.from_checkpoint("weights/dfanet_b_camvid.safetensors")   # backend='auto'
+    seg = Segmenter.from_checkpoint("weights/dfanet_a_camvid.safetensors")   # backend='auto'
     mask = seg.predict(rgb)                                  # HxW uint8, same size as rgb
     res = seg.predict_detailed([a, b], channel_order="BGR", confidence=True)
     res.masks, res.confidences, res.timings_ms               # per-stage milliseconds
