@@ -336,3 +336,37 @@ def test_init_checkpoint_starts_from_its_weights_and_rejects_another_variant(
     with pytest.raises(train_utils.TrainingError, match="holds 'dfanet_b', but --model is"):
         run_main(camvid_root, tmp_path / "bad", "--model", "backbone_b", *small,
                  "--init-checkpoint", str(untrained_checkpoint))  # fmt: skip
+
+
+def test_gpu_train_script_packs_camvid_and_trains_side_by_side(camvid_root, tmp_path):
+    """training/gpu_train.sh as a lent GPU machine runs it, here on the CPU with tiny settings:
+    `pack` re-encodes CamVid train+val as JPEG for the 64 MiB a device call carries, `run` trains
+    two variants at once and packs each run (weights, logs; no resumable checkpoint)."""
+    import os
+    import tarfile
+
+    script = TRAINING / "gpu_train.sh"
+    payload = tmp_path / "payload"
+    shared = camvid_root.parent.parent
+    env = {**os.environ, "PYTHON": sys.executable, "DFANET_SHARED_DIR": str(shared)}
+    subprocess.run(["bash", str(script), "pack", str(payload), "90"], env=env, check=True,
+                   capture_output=True, timeout=300)  # fmt: skip
+    for split, count in (("train", 367), ("val", 101)):
+        assert len(list((payload / split).glob("*.jpg"))) == count
+        assert len(list((payload / f"{split}annot").glob("*.png"))) == count
+    size = sum(f.stat().st_size for f in payload.rglob("*") if f.is_file())
+    assert size < 60 * 2**20, size
+    out = tmp_path / "out"
+    tiny = ("--device cpu --batch-size 2 --train-subset 4 --val-subset 2 --crop-size 64 96 "
+            "--base-size 120 160 --eval-every 0 --threads 1 --workers 0")  # fmt: skip
+    result = subprocess.run(
+        ["bash", str(script), "run", str(payload), "0.05", str(out), "dfanet_a", "dfanet_b"],
+        env={**env, "GPU_TRAIN_ARGS": tiny, "GPU_TRAIN_RUNS": str(tmp_path / "runs")},
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    for variant in ("dfanet_a", "dfanet_b"):
+        with tarfile.open(out / f"train_{variant}.tgz") as tar:
+            names = {Path(n).name for n in tar.getnames()}
+        assert {"best_fp16.safetensors", "train_log.csv", "summary.json"} <= names, names
+        assert "checkpoint.pth" not in names and "final.safetensors" not in names

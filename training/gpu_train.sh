@@ -17,7 +17,8 @@
 #   MINUTES --fit-schedule` so that each poly schedule ends inside the budget. Each run's folder
 #   (without the resumable checkpoint.pth and final.safetensors: a file brought back may hold at
 #   most 16 MiB) is packed into OUT/train_<variant>.tgz (at most 8 files come back from a call).
-#   GPU_TRAIN_ARGS="..." appends train.py flags (e.g. a tiny smoke run on a CPU).
+#   GPU_TRAIN_ARGS="..." appends train.py flags (e.g. a tiny smoke run on a CPU); GPU_TRAIN_RUNS
+#   is the folder of the run folders (default runs/, relative to the repository root).
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 
@@ -65,7 +66,8 @@ run)
     cpus=$(nproc)
     workers=$(( (cpus - 2) / $# ))
     (( workers < 1 )) && workers=1
-    mkdir -p "$out" runs
+    runs=${GPU_TRAIN_RUNS:-runs}
+    mkdir -p "$out" "$runs"
     echo "== $(date -u +%FT%TZ) training $* for $minutes min each, $workers loader workers each"
     "$PYTHON" -c "import torch; print('torch', torch.__version__, 'CUDA', torch.version.cuda,
 torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU')" 2>&1
@@ -76,8 +78,8 @@ torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU')" 2>&1
             --warmup-iters 100 --cache-images --workers "$workers" --iters 40000 \
             --max-minutes "$minutes" \
             --fit-schedule --eval-every 500 --ckpt-every 500 --print-freq 50 --export-fp16 \
-            --output-dir "runs/gpu_$variant" ${GPU_TRAIN_ARGS:-} \
-            > "runs/gpu_$variant.console.log" 2>&1 &
+            --output-dir "$runs/gpu_$variant" ${GPU_TRAIN_ARGS:-} \
+            > "$runs/gpu_$variant.console.log" 2>&1 &
         pids[$variant]=$!
     done
     status=0
@@ -86,10 +88,10 @@ torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU')" 2>&1
         rc=$?
         (( rc )) && status=1
         echo "== $variant: rc=$rc"
-        grep -E "time budget|val mIoU|done|rror" "runs/gpu_$variant.console.log" | tail -n 8
-        cp "runs/gpu_$variant.console.log" "runs/gpu_$variant/" 2>/dev/null
+        grep -E "time budget|val mIoU|done|rror" "$runs/gpu_$variant.console.log" | tail -n 8
+        cp "$runs/gpu_$variant.console.log" "$runs/gpu_$variant/" 2>/dev/null
         tar czf "$out/train_$variant.tgz" --exclude checkpoint.pth --exclude final.safetensors \
-            -C runs "gpu_$variant"
+            -C "$runs" "gpu_$variant"
     done
     echo "== $(date -u +%FT%TZ) training done"
     exit $status
