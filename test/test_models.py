@@ -247,16 +247,19 @@ def test_pretrained_backbone_loads_into_every_backbone():
     assert torch.equal(model.backbones[0].stem[0].weight, classifier.stem[0].weight)
 
 
+def _normalized(images: np.ndarray) -> torch.Tensor:
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255)
+    mean = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
+    return (x - mean) / torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+
+
 @pytest.mark.parametrize("name", ["dfanet_a", "dfanet_b", "backbone_a"])
 def test_onnx_export_and_onnxruntime_parity(tmp_path, name, camvid_samples):
     import onnx
     import onnxruntime as ort
 
     model = _trained_like(name, 11)
-    images = np.stack([rgb for rgb, _, _ in camvid_samples(2)])
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255)
-    x = (x - torch.tensor([0.485, 0.456, 0.406])[:, None, None]) / torch.tensor(
-        [0.229, 0.224, 0.225])[:, None, None]
+    x = _normalized(np.stack([rgb for rgb, _, _ in camvid_samples(2)]))
     path = tmp_path / f"{name}.onnx"
     torch.onnx.export(model, (x[:1],), str(path), opset_version=18, external_data=False,
                       input_names=["images"], output_names=["logits"])
@@ -282,12 +285,6 @@ def test_profile_cli_prints_paper_columns():
            "--sizes", "1024x1024", "--latency-runs", "0"]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     assert "| dfanet_b | 1024x1024 |" in out and "| 2.1 |" in out
-
-
-def _normalized(images: np.ndarray) -> torch.Tensor:
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255)
-    mean = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
-    return (x - mean) / torch.tensor([0.229, 0.224, 0.225])[:, None, None]
 
 
 def test_fused_batch_norm_keeps_outputs_and_makes_fp16_finite(camvid_samples):

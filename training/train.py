@@ -363,7 +363,7 @@ def train_one_iteration(
     """
     valid = (targets != criterion.ignore_index).sum().float()
     global_valid = tu.all_reduce_sum(valid.clone())
-    with torch.autocast(images.device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
+    with _autocast(images, amp):
         logits = model(images)
         loss_sum = criterion(logits, targets)
     loss = loss_sum / (global_valid / world_size).clamp(min=1.0)
@@ -377,11 +377,16 @@ def train_one_iteration(
     return mean_loss
 
 
+def _autocast(images: torch.Tensor, amp: torch.dtype | None) -> torch.autocast:
+    """Autocast to ``amp`` on the images' device, or a disabled context for float32."""
+    return torch.autocast(images.device.type, dtype=amp or torch.bfloat16, enabled=amp is not None)
+
+
 def predict(
     model: nn.Module, images: torch.Tensor, amp: torch.dtype | None = None
 ) -> torch.Tensor:
     """Class-id prediction (N, H, W) of a normalized batch at its own resolution."""
-    with torch.autocast(images.device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
+    with _autocast(images, amp):
         return model(images).argmax(dim=1)
 
 
@@ -765,27 +770,30 @@ class TrainingLoop:
         if self.state.iteration >= self.total_iters:
             return  # the schedule is complete: never reopen it (the LR already reached zero)
         now = time.monotonic()
-        rate_time, rate_iteration = self.rate_start or (self.loop_start, self.start_iteration)
+        rate_time, rate_iteration = self.rate_start  # set after the first iteration
         per_iter = (now - rate_time) / max(1, self.state.iteration - rate_iteration)
         # Room for the final evaluation and saves: 1.5 evaluations, at least 2 % of the budget.
         reserve = max(self.last_eval_s * 1.5, 0.02 * self.args.max_minutes * 60)
         fitted = self.state.iteration + int((self.deadline - now - reserve) / per_iter)
         fitted = min(self.args.iters, fitted)
-        if fitted <= self.state.iteration + 1 and just_evaluated:
+        it = self.state.iteration
+        if not just_evaluated:
+            fitted = max(it + 1, fitted)
+        elif fitted <= it + 1:
             # Nothing useful fits any more: end on the evaluation just made, instead of
             # re-fitting to one more iteration (and evaluating again) until the deadline.
-            fitted = self.state.iteration
-        fitted = max(self.state.iteration if just_evaluated else self.state.iteration + 1, fitted)
-        if fitted == self.state.iteration:
+            fitted = it
+        if fitted == self.total_iters:
+            return
+        if fitted == it:
             LOG.info("time budget: ending at iteration %d (just evaluated)", fitted)
-        elif fitted != self.total_iters:
+        else:
             LOG.info(
                 "time budget: schedule set to %d iterations (%.2f s/iteration)", fitted, per_iter
             )
-        if fitted != self.total_iters:
-            self.total_iters = fitted
-            self.scheduler.lr_lambdas[0].max_iters = fitted
-            self.progress.total = fitted
+        self.total_iters = fitted
+        self.scheduler.lr_lambdas[0].max_iters = fitted
+        self.progress.total = fitted
 
     def _finish(self, stop_reason: str) -> dict[str, Any]:
         args, state = self.args, self.state

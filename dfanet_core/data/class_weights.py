@@ -29,7 +29,7 @@ def label_statistics(dataset: SegmentationDataset) -> tuple[np.ndarray, np.ndarr
     pixels = np.zeros(n, np.int64)
     image_pixels = np.zeros(n, np.int64)
     for index in range(len(dataset)):
-        _, label = dataset.load(index)
+        label = dataset.load_label(index)
         counts = np.bincount(label[label < n].ravel(), minlength=n)[:n]
         pixels += counts
         image_pixels += np.where(counts > 0, counts.sum(), 0)

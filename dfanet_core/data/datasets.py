@@ -104,13 +104,20 @@ class SegmentationDataset(Dataset):
             return self._cache[index]
         image_path, label_path = self.pairs[index]
         image = read_image(image_path)
-        raw = read_label(label_path)
-        if raw.shape != image.shape[:2]:
+        label = self.load_label(index)
+        if label.shape != image.shape[:2]:
             raise DatasetError(
-                f"label {label_path} is {raw.shape[1]}x{raw.shape[0]} but image {image_path} is "
-                f"{image.shape[1]}x{image.shape[0]}; they must have the same size"
+                f"label {label_path} is {label.shape[1]}x{label.shape[0]} but image {image_path} "
+                f"is {image.shape[1]}x{image.shape[0]}; they must have the same size"
             )
-        return image, self.map_label(raw, label_path)
+        return image, label
+
+    def load_label(self, index: int) -> np.ndarray:
+        """The train ids (H, W) uint8 alone, without decoding the image."""
+        if self._cache and index in self._cache:
+            return self._cache[index][1]
+        label_path = self.pairs[index][1]
+        return self.map_label(read_label(label_path), label_path)
 
     def map_label(self, raw: np.ndarray, source: os.PathLike | str = "<array>") -> np.ndarray:
         """File label values -> train ids; invalid values raise naming ``source``."""
