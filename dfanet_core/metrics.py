@@ -125,6 +125,48 @@ class ConfusionMatrix:
         return np.divide(self.matrix, rows, out=np.zeros(self.matrix.shape), where=rows > 0)
 
 
+class GroupedConfusion:
+    """One :class:`ConfusionMatrix` per group (a CamVid test sequence, a Cityscapes city): the
+    per-group scores and the overall one (:meth:`total`, the sum of the groups) from one pass."""
+
+    def __init__(self, num_classes: int, ignore_index: int = 255):
+        self.num_classes, self.ignore_index = int(num_classes), int(ignore_index)
+        self.groups: dict[str, ConfusionMatrix] = {}
+
+    def update(self, group: str, target: ArrayLike, prediction: ArrayLike) -> GroupedConfusion:
+        if group not in self.groups:
+            self.groups[group] = ConfusionMatrix(self.num_classes, self.ignore_index)
+        self.groups[group].update(target, prediction)
+        return self
+
+    def total(self) -> ConfusionMatrix:
+        result = ConfusionMatrix(self.num_classes, self.ignore_index)
+        for matrix in self.groups.values():
+            result.merge(matrix)
+        return result
+
+    def all_reduce(self) -> GroupedConfusion:
+        """Sum over processes; every process must know every group name, so the names are
+        gathered first."""
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            names: list[list[str]] = [[] for _ in range(dist.get_world_size())]
+            dist.all_gather_object(names, sorted(self.groups))
+            for name in sorted({n for part in names for n in part}):
+                self.groups.setdefault(name, ConfusionMatrix(self.num_classes, self.ignore_index))
+            self.groups = {name: self.groups[name].all_reduce() for name in sorted(self.groups)}
+        return self
+
+    def compute(self) -> dict[str, Any]:
+        """``{"overall": scores, "groups": {name: scores}}`` (scores as in
+        :meth:`ConfusionMatrix.compute`)."""
+        return {
+            "overall": self.total().compute(),
+            "groups": {name: m.compute() for name, m in sorted(self.groups.items())},
+        }
+
+
 def _nanmean(values: np.ndarray) -> float:
     valid = values[~np.isnan(values)]
     return float(valid.mean()) if valid.size else math.nan

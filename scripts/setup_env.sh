@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Create or update the project virtualenv at .venv/ with the pinned requirements.
-# Idempotent: reinstalls only when requirements.txt changed. Sourced by the quick-start scripts.
+# Idempotent: reinstalls only when requirements.txt or setup.py changed. Used by the quick-start
+# scripts.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
@@ -25,10 +26,16 @@ if [ ! -x "$VENV/bin/python" ]; then
   fi
 fi
 STAMP="$VENV/.requirements.sha256"
-WANT="$(sha256sum "$ROOT/requirements.txt" | cut -d' ' -f1)"
+WANT="$(cat "$ROOT/requirements.txt" "$ROOT/setup.py" | sha256sum | cut -d' ' -f1)"
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
   echo "[setup] installing pinned requirements into $VENV (first run: ~2 minutes)"
   "$VENV/bin/python" -m pip install -q --upgrade pip
   "$VENV/bin/python" -m pip install -q -r "$ROOT/requirements.txt"
+  # The project itself, editable: console scripts (segment_node, dfanet-bag-eval, ...) and
+  # `python -m dfanet_core...` / `python training/train.py` work from any directory.
+  if ! "$VENV/bin/python" -m pip install -q --no-deps -e "$ROOT" >"$VENV/.editable.log" 2>&1; then
+    cat "$VENV/.editable.log" >&2
+    exit 1
+  fi
   echo "$WANT" > "$STAMP"
 fi

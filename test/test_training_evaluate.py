@@ -5,27 +5,21 @@ from __future__ import annotations
 import copy
 import json
 import math
-import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import torch
+from _helpers import make_cityscapes_tree
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-TRAINING = REPO_ROOT / "training"
-if str(TRAINING) not in sys.path:
-    sys.path.insert(0, str(TRAINING))
-
-import evaluate as evaluate_script  # noqa: E402
-import pretrain_backbone  # noqa: E402
-import train  # noqa: E402
-from _helpers import make_cityscapes_tree  # noqa: E402
-
-from dfanet_core import CheckpointError, create_model, save_checkpoint  # noqa: E402
-from dfanet_core.data import CITYSCAPES, CamVidDataset, DatasetError  # noqa: E402
-from dfanet_core.imaging import read_image  # noqa: E402
+from dfanet_core import CheckpointError, create_model, load_checkpoint, save_checkpoint
+from dfanet_core.data import CITYSCAPES, CamVidDataset, DatasetError
+from dfanet_core.data.classification import ImageFolder
+from dfanet_core.imaging import read_image
+from dfanet_core.metrics import ConfusionMatrix
+from training import evaluate as evaluate_script
+from training import pretrain_backbone, train
 
 
 @pytest.fixture(autouse=True)
@@ -47,8 +41,9 @@ def test_evaluate_camvid_writes_reports_plots_and_overlays(
 ):
     log = tmp_path / "train_log.jsonl"
     rows = [
-        {"iteration": 10, "loss": 2.0, "lr": 0.03, "val_miou": None, "elapsed_s": 1.0},
-        {"iteration": 20, "loss": 1.5, "lr": 0.02, "val_miou": 0.21, "elapsed_s": 2.0},
+        {"iteration": 10, "loss": 2.0, "lr": 0.03, "epoch": 1.0, "elapsed_s": 1.0},
+        {"iteration": 20, "eval_miou": 0.21, "eval_miou_0001TP": 0.2},
+        {"iteration": 20, "loss": 1.5, "lr": 0.02, "epoch": 2.0, "elapsed_s": 2.0},
     ]
     log.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "eval"
@@ -69,6 +64,10 @@ def test_evaluate_camvid_writes_reports_plots_and_overlays(
     for row in saved["per_class"].values():
         assert row["iou"] is None or 0 <= row["iou"] <= 1  # absent classes are null
     assert "| Sky |" in (out / "report.md").read_text()
+    # Both test images are from sequence 0001TP: its row equals the overall score.
+    assert list(saved["per_sequence"]) == ["0001TP"]
+    assert saved["per_sequence"]["0001TP"]["miou"] == pytest.approx(saved["miou"])
+    assert saved["tta"].startswith("none") and saved["fp16_check"]["images"] == 2
     for name in ("per_class_iou.png", "confusion_matrix.png", "training_curves.png"):
         assert read_image(out / name).shape[0] > 100, name
     overlays = sorted((out / "overlays").glob("*.png"))
@@ -147,8 +146,9 @@ def test_pretrain_backbone_checkpoint_loads_into_every_backbone(tmp_path):
     resume = torch.load(tmp_path / "pre" / "checkpoint.pth", weights_only=True)
     assert resume["epoch"] == 2 and resume["scheduler"]["last_epoch"] == 2
 
-    model = create_model("dfanet_b", num_classes=11)
-    train.load_backbone_weights(model, tmp_path / "pre" / "backbone.pth")
+    args = train.parse_args(["--model", "dfanet_b", "--pretrained-backbone",
+                             str(tmp_path / "pre" / "backbone.pth")])  # fmt: skip
+    model = train.build_model(args, num_classes=11)
     assert torch.equal(model.backbones[0].stem[0].weight, state["stem.0.weight"])
     for backbone in model.backbones:
         assert torch.equal(backbone.attention.fc.weight, state["fc.weight"])
@@ -160,7 +160,50 @@ def test_pretrain_backbone_checkpoint_loads_into_every_backbone(tmp_path):
 
 def test_image_folder_errors(tmp_path):
     with pytest.raises(DatasetError, match="image folder not found"):
-        pretrain_backbone.ImageFolder(tmp_path / "missing")
+        ImageFolder(tmp_path / "missing")
     (tmp_path / "empty" / "class_0").mkdir(parents=True)
     with pytest.raises(DatasetError, match="no images in"):
-        pretrain_backbone.ImageFolder(tmp_path / "empty")
+        ImageFolder(tmp_path / "empty")
+
+
+def test_pretrained_backbone_for_another_variant_is_rejected(tmp_path):
+    from dfanet_core.models import XceptionClassifier, get_config
+
+    path = tmp_path / "backbone_b.pth"
+    spec = get_config("dfanet_b").backbone
+    torch.save({"model": XceptionClassifier(spec).state_dict(), "backbone": spec.name}, path)
+    args = train.parse_args(["--model", "dfanet_a", "--pretrained-backbone", str(path)])
+    with pytest.raises(train.TrainingError, match=r"does not fit dfanet_a: \d+ tensors unused"):
+        train.build_model(args, num_classes=11)
+
+
+def test_evaluate_reports_each_sequence_and_tta_separately(camvid_root, tmp_path):
+    """One image of each test sequence with the shipped weights (masks that vary, unlike an
+    untrained model's): each sequence's matrix is its image's own, they sum to the overall one,
+    and flip TTA changes the prediction and is labelled as TTA."""
+    from dfanet_core.checkpoint import default_checkpoint
+
+    dataset = CamVidDataset(camvid_root, "test")
+    two = copy.copy(dataset)
+    two.pairs = [dataset.pairs[0], dataset.pairs[-1]]  # 0001TP_..., Seq05VD_...
+    model, meta = load_checkpoint(default_checkpoint())
+    cpu = torch.device("cpu")
+    predict = evaluate_script.make_predictor(model, meta["mean"], meta["std"], cpu)
+    grouped, _ = evaluate_script.run_evaluation(two, predict, 11, 255)
+    assert sorted(grouped.groups) == ["0001TP", "Seq05VD"]
+    for index, name in ((0, "0001TP"), (1, "Seq05VD")):
+        image, label = two.load(index)
+        alone = ConfusionMatrix(11, 255).update(label, predict(image))
+        assert np.array_equal(grouped.groups[name].counts, alone.counts)
+    assert grouped.total().compute()["miou"] > 0.15  # trained weights, not one class everywhere
+    flipped = evaluate_script.make_predictor(model, meta["mean"], meta["std"], cpu, flips=True)
+    image = two.load(0)[0]
+    assert (predict(image) != flipped(image)).any()
+    out = tmp_path / "tta"
+    report = run_evaluate(
+        "--checkpoint", str(default_checkpoint()), "--data-root", str(camvid_root), "--split",
+        "test", "--limit", "1", "--tta", "flip", "--output-dir", str(out),
+        "--fp16-check-images", "0",
+    )  # fmt: skip
+    assert report["tta"].startswith("flip=True") and "fp16_check" not in report
+    assert "test-time augmentation: flip=True" in (out / "report.md").read_text()

@@ -1,13 +1,17 @@
-"""Evaluate a checkpoint on a dataset split: mIoU, per-class IoU, pixel accuracy, confusion matrix.
+"""Evaluate a checkpoint on a dataset split: mIoU overall and per sequence, per-class IoU, pixel
+accuracy, confusion matrix, and whether the weights are safe to run in float16.
 
-    python training/evaluate.py --checkpoint runs/camvid_b/best.safetensors --split test \\
-        [--train-log runs/camvid_b/train_log.jsonl] [--overlays 8] [--cityscapes-labelids DIR]
+    python training/evaluate.py --checkpoint weights/dfanet_a_camvid.safetensors --split test \\
+        [--tta flip --tta-scales 0.75 1 1.25] [--train-log runs/x/train_log.jsonl] [--overlays 8]
 
-Batch 1, full images, the checkpoint's own normalization (mean/std from its metadata), no test
-augmentation (paper Sec. 4.1). Writes ``report.json``, ``report.md``, ``per_class_iou.png``,
-``confusion_matrix.png`` (row-normalized), ``training_curves.png`` (with ``--train-log``) and
-``overlays/*.png`` to ``--output-dir``. Metrics come from :mod:`dfanet_core.metrics`, the same
-module training and bag replay use.
+Batch 1, full images, the checkpoint's own normalization, through the Segmenter's own
+preprocessing (:func:`dfanet_core.deploy.preprocess.preprocess_torch`), single pass by default
+(paper Sec. 4.1; the node's path). ``--tta`` averages class probabilities over horizontal flips
+and ``--tta-scales``; its scores are reported as such, never as the single-pass figure. Writes
+``report.json``, ``report.md``, ``per_class_iou.png``, ``confusion_matrix.png``,
+``training_curves.png`` (with ``--train-log``) and ``overlays/*.png`` to ``--output-dir``
+(default ``runs/eval/<checkpoint>_<split>``). Metrics come from :mod:`dfanet_core.metrics`, the
+same module training and bag replay use.
 """
 
 from __future__ import annotations
@@ -24,7 +28,6 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
-import train_utils as tu
 from tqdm import tqdm
 
 from dfanet_core import CheckpointError, load_checkpoint
@@ -34,8 +37,12 @@ from dfanet_core.data import (
     build_dataset,
     cityscapes_trainid_to_labelid,
 )
+from dfanet_core.deploy.preprocess import plan_placement, preprocess_torch
 from dfanet_core.imaging import atomic_write_bytes, colorize, overlay, write_image
-from dfanet_core.metrics import ConfusionMatrix, to_jsonable
+from dfanet_core.metrics import ConfusionMatrix, GroupedConfusion, to_jsonable
+from dfanet_core.models.fusion import fp16_range_report
+from dfanet_core.paths import data_root
+from dfanet_core.train.logs import read_train_log, save_json, setup_logging
 
 LOG = logging.getLogger("dfanet.evaluate")
 Predictor = Callable[[np.ndarray], np.ndarray]
@@ -52,7 +59,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument(
         "--data-root", type=Path,
-        help="dataset root (default: ../shared/data/<dataset> relative to the repository root)",
+        help="dataset root (default: $DFANET_DATA/<dataset>, else ../shared/data/<dataset>)",
     )  # fmt: skip
     p.add_argument("--split", default="val")
     p.add_argument("--limit", type=int, help="evaluate only the first N images")
@@ -60,7 +67,16 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "--input-size", type=int, nargs=2, metavar=("H", "W"),
         help="resize inputs to HxW for the network and the logits back (default: native size)",
     )  # fmt: skip
-    p.add_argument("--output-dir", type=Path, help="default: <checkpoint dir>/eval_<split>")
+    p.add_argument("--output-dir", type=Path, help="default: runs/eval/<checkpoint>_<split>")
+    p.add_argument(
+        "--tta", choices=["none", "flip"], default="none",
+        help="test-time augmentation: average probabilities over horizontal flips (and "
+        "--tta-scales); reported separately from the single-pass score",
+    )  # fmt: skip
+    p.add_argument("--tta-scales", type=float, nargs="+", default=[1.0],
+                   help="input scales averaged (multi-scale test; 1.0 alone = single scale)")
+    p.add_argument("--fp16-check-images", type=int, default=8,
+                   help="images whose activations the float16-range check runs (0: skip it)")
     p.add_argument("--train-log", type=Path, help="train_log.jsonl/.csv to plot curves from")
     p.add_argument("--overlays", type=int, default=0, help="write N prediction overlay PNGs")
     p.add_argument(
@@ -81,24 +97,33 @@ def make_predictor(
     std: Sequence[float],
     device: torch.device,
     input_size: Sequence[int] | None = None,
+    flips: bool = False,
+    scales: Sequence[float] = (1.0,),
 ) -> Predictor:
-    """RGB uint8 (H, W, 3) -> class ids uint8 (H, W) with the plain torch model. The one place
-    to swap in the deploy ``Segmenter`` (``Segmenter.from_checkpoint(...).predict``)."""
-    mean_t = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255
-    std_t = torch.tensor(std, device=device).view(1, 3, 1, 1) * 255
+    """RGB uint8 (H, W, 3) -> class ids uint8 (H, W): the Segmenter's preprocessing on
+    ``device`` (bilinear resize to the network size, normalization), the plain torch model,
+    logits resized back bilinearly; with ``flips`` / several ``scales`` the class probabilities
+    are averaged over them (test-time augmentation)."""
     model = model.to(device).eval()
 
     @torch.no_grad()
     def predict(image: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(np.ascontiguousarray(image)).to(device).permute(2, 0, 1)[None]
-        x = (x.float() - mean_t) / std_t
-        size = x.shape[-2:]
-        if input_size is not None:
-            x = torch.nn.functional.interpolate(x, size=tuple(input_size), mode="bilinear")
-        logits = model(x)
-        if logits.shape[-2:] != size:
-            logits = torch.nn.functional.interpolate(logits, size=size, mode="bilinear")
-        return logits.argmax(dim=1)[0].to(torch.uint8).cpu().numpy()
+        size = image.shape[:2]
+        base = tuple(input_size) if input_size is not None else size
+        probabilities = None
+        for scale in scales:
+            network_hw = (round(base[0] * scale), round(base[1] * scale))
+            place = plan_placement(size, network_hw, "stretch")
+            x = preprocess_torch([image], [place], network_hw, mean, std, "RGB", device)
+            for flip in (False, True) if flips else (False,):
+                logits = model(x.flip(-1) if flip else x)
+                logits = logits.flip(-1) if flip else logits
+                if tuple(logits.shape[-2:]) != tuple(size):
+                    logits = torch.nn.functional.interpolate(
+                        logits, size=size, mode="bilinear", align_corners=False)  # fmt: skip
+                p = logits.float().softmax(dim=1)
+                probabilities = p if probabilities is None else probabilities + p
+        return probabilities.argmax(dim=1)[0].to(torch.uint8).cpu().numpy()
 
     return predict
 
@@ -109,16 +134,17 @@ def run_evaluation(
     num_classes: int,
     ignore_index: int,
     on_prediction: Callable[[int, np.ndarray, np.ndarray, np.ndarray], None] | None = None,
-) -> tuple[ConfusionMatrix, float]:
-    """Predict every image; returns the confusion matrix and mean milliseconds per image."""
-    matrix = ConfusionMatrix(num_classes, ignore_index)
+) -> tuple[GroupedConfusion, float]:
+    """Predict every image; returns the confusion matrices per sequence (``.total()`` for the
+    overall one) and mean milliseconds per image."""
+    matrix = GroupedConfusion(num_classes, ignore_index)
     elapsed = 0.0
     for index in tqdm(range(len(dataset)), desc="evaluate", dynamic_ncols=True, mininterval=2):
         image, label = dataset.load(index)
         start = time.perf_counter()
         mask = predict(image)
         elapsed += time.perf_counter() - start
-        matrix.update(label, mask)
+        matrix.update(dataset.info.sequence_of(dataset.stems[index]), label, mask)
         if on_prediction is not None:
             on_prediction(index, image, label, mask)
     return matrix, 1000 * elapsed / max(len(dataset), 1)
@@ -128,8 +154,9 @@ def run_evaluation(
 
 
 def build_report(
-    matrix: ConfusionMatrix, class_names: Sequence[str], context: dict[str, Any]
+    grouped: GroupedConfusion, class_names: Sequence[str], context: dict[str, Any]
 ) -> dict[str, Any]:
+    matrix = grouped.total()
     scores = matrix.compute()
     per_class = {
         name: {"iou": iou, "accuracy": acc, "pixels": int(matrix.counts[i].sum())}
@@ -144,6 +171,11 @@ def build_report(
         "classes_present": scores["classes_present"],
         "num_pixels": scores["num_pixels"],
         "per_class": per_class,
+        "per_sequence": {
+            name: {"miou": g["miou"], "pixel_accuracy": g["pixel_accuracy"],
+                   "per_class_iou": dict(zip(class_names, g["per_class_iou"]))}
+            for name, g in grouped.compute()["groups"].items()
+        },  # fmt: skip
         "confusion_matrix": matrix.matrix.tolist(),
         "unassigned_pixels": matrix.counts[:, -1].tolist(),
         "note": "mIoU averages classes present in ground truth or prediction; absent -> null",
@@ -164,8 +196,25 @@ def markdown_report(report: dict[str, Any]) -> str:
         "in ground truth or prediction)",
         f"- pixel accuracy: {pct(report['pixel_accuracy'])}%, mean class accuracy: "
         f"{pct(report['mean_class_accuracy'])}%",
+        f"- test-time augmentation: {report['tta']}",
         f"- inference: {report['ms_per_image']:.1f} ms/image on {report['device']} "
         "(plain PyTorch, includes normalization)",
+    ]
+    fp16 = report.get("fp16_check")
+    if fp16:
+        lines.append(
+            f"- float16 range after BN folding: max |weight| {fp16['max_abs_weight']:.4g}, "
+            f"max |activation| {fp16['max_abs_activation']:.4g} over {fp16['images']} images "
+            f"({'within' if fp16['within_fp16'] else 'OUTSIDE'} float16's 65504, no clamping)"
+        )
+    lines += [
+        "",
+        "| sequence | mIoU % | pixel accuracy % |",
+        "|---|---:|---:|",
+    ]
+    for name, row in report["per_sequence"].items():
+        lines.append(f"| {name} | {pct(row['miou'])} | {pct(row['pixel_accuracy'])} |")
+    lines += [
         "",
         "| class | IoU % | accuracy % | GT pixels |",
         "|---|---:|---:|---:|",
@@ -229,7 +278,7 @@ def plot_confusion(matrix: ConfusionMatrix, class_names: Sequence[str], path: Pa
 
 def plot_training_curves(log_path: Path, path: Path) -> Path:
     plt = _pyplot()
-    rows = tu.read_train_log(log_path)
+    rows = read_train_log(log_path)
     if not rows:
         raise ValueError(f"training log {log_path} has no rows")
     fig, (ax_loss, ax_miou) = plt.subplots(1, 2, figsize=(11, 4), layout="constrained")
@@ -240,12 +289,18 @@ def plot_training_curves(log_path: Path, path: Path) -> Path:
     ax_lr = ax_loss.twinx()
     ax_lr.plot(it, [r["lr"] for r in rows if r.get("loss") is not None], color="#999", lw=1)
     ax_lr.set_ylabel("learning rate", color="#777")
-    evals = [r for r in rows if r.get("val_miou") is not None]
-    ax_miou.plot([r["iteration"] for r in evals], [100 * r["val_miou"] for r in evals], "o-")
+    # eval_* columns (train.py's curve evaluations; val_miou in logs of older runs)
+    keys = sorted({k for r in rows for k in r if k.startswith("eval_miou") or k == "val_miou"})
+    for key in keys:
+        evals = [r for r in rows if r.get(key) is not None]
+        label = key.removeprefix("eval_").replace("miou_", "") if key != "eval_miou" else "all"
+        ax_miou.plot([r["iteration"] for r in evals], [100 * r[key] for r in evals], "o-",
+                     label=label, markersize=3)  # fmt: skip
     ax_miou.set_xlabel("iteration")
-    ax_miou.set_ylabel("val mIoU (%)")
+    ax_miou.set_ylabel("mIoU (%)")
+    ax_miou.legend(loc="lower right")
     ax_loss.set_title("Training loss and LR")
-    ax_miou.set_title("Validation mIoU")
+    ax_miou.set_title("Evaluation mIoU (curve only, no selection)")
     return _save_figure(fig, path)
 
 
@@ -259,15 +314,19 @@ def overlay_panel(image: np.ndarray, label: np.ndarray, mask: np.ndarray, palett
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
     """Evaluate as ``args`` say; returns the report (also written to report.json)."""
-    tu.setup_logging()
+    setup_logging()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, meta = load_checkpoint(args.checkpoint, map_location=device)
     dataset = load_dataset(args, meta)
-    out = args.output_dir or args.checkpoint.parent / f"eval_{args.split.replace('+', '_')}"
+    tta = args.tta != "none" or list(args.tta_scales) != [1.0]
+    suffix = "_tta" if tta else ""
+    out = args.output_dir or Path("runs") / "eval" / (
+        f"{args.checkpoint.stem}_{args.split.replace('+', '_')}{suffix}")  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
-    predict = make_predictor(model, meta["mean"], meta["std"], device, args.input_size)
+    predict = make_predictor(model, meta["mean"], meta["std"], device, args.input_size,
+                             args.tta == "flip", args.tta_scales)  # fmt: skip
     writer = PredictionWriter(args, dataset, meta, out)
     matrix, ms = run_evaluation(
         dataset, predict, int(meta["num_classes"]), int(meta.get("ignore_index", 255)), writer
@@ -281,18 +340,25 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "input_size": list(args.input_size) if args.input_size else None,
         "device": str(device),
         "ms_per_image": ms,
+        "tta": (f"flip={args.tta == 'flip'}, scales={list(args.tta_scales)}" if tta
+                else "none (single pass, the node's path)"),
     }
     report = build_report(matrix, meta["class_names"], context)
-    tu.save_json(out / "report.json", report)
+    if args.fp16_check_images:
+        images = [dataset.load(i)[0] for i in range(min(args.fp16_check_images, len(dataset)))]
+        report["fp16_check"] = fp16_range_report(model, images, meta["mean"], meta["std"])
+    save_json(out / "report.json", report)
     atomic_write_bytes(out / "report.md", markdown_report(to_jsonable(report)).encode())
     plot_per_class_iou(to_jsonable(report), out / "per_class_iou.png")
-    plot_confusion(matrix, meta["class_names"], out / "confusion_matrix.png")
+    plot_confusion(matrix.total(), meta["class_names"], out / "confusion_matrix.png")
     if args.train_log:
         plot_training_curves(args.train_log, out / "training_curves.png")
     LOG.info(
-        "%s %s: mIoU %.2f%%, pixel accuracy %.2f%% over %d images -> %s",
-        dataset.info.name, args.split, 100 * report["miou"], 100 * report["pixel_accuracy"],
-        len(dataset), out / "report.md",
+        "%s %s: mIoU %.2f%% (%s), pixel accuracy %.2f%% over %d images%s -> %s",
+        dataset.info.name, args.split, 100 * report["miou"],
+        ", ".join(f"{k} {100 * v['miou']:.2f}%" for k, v in report["per_sequence"].items()),
+        100 * report["pixel_accuracy"], len(dataset), " with TTA" if tta else "",
+        out / "report.md",
     )  # fmt: skip
     return report
 
@@ -308,7 +374,7 @@ def load_dataset(args: argparse.Namespace, meta: dict[str, Any]) -> Segmentation
     extra = {}
     if name == "folder":
         extra = {"num_classes": int(meta["num_classes"]), "class_names": meta["class_names"]}
-    root = args.data_root or tu.REPO_ROOT.parent / "shared" / "data" / name
+    root = args.data_root or data_root(name)
     dataset = build_dataset(name, root, args.split, None, **extra)
     if dataset.info.num_classes != int(meta["num_classes"]):
         raise CheckpointError(

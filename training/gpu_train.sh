@@ -3,22 +3,23 @@
 # network, only the repository copied over), several variants side by side on the one GPU.
 #
 #   bash training/gpu_train.sh pack [DEST] [JPEG_QUALITY]      # on the development machine
-#   bash training/gpu_train.sh run DATA MINUTES OUT VARIANT...  # on the GPU machine
+#   bash training/gpu_train.sh run DATA MINUTES OUT "LABEL=RECIPE [flags]"...  # on the GPU
 #
 # pack: CamVid's train+val PNGs (119 MB) do not fit the 64 MiB a device call carries, so this
 #   writes the images as JPEG (quality 98 by default: PSNR ~45 dB against the PNGs, ~77 kB per
 #   image) and copies the label PNGs unchanged into DEST (default gpu_payload/camvid_train,
 #   gitignored: CamVid is research-only data and is never committed; delete DEST after the call).
 #   Test images are not packed: the test split is evaluated afterwards on the original PNGs.
-# run: trains every VARIANT (dfanet_a, dfanet_b) at once with its recipe (training/recipes/
-#   camvid_<a|b>.yaml: batch 48, LR 0.2, poly) plus a 100-iteration linear warm-up, bfloat16
-#   autocast (float16 overflowed: NaN loss by iteration 22 on an H200) and channels_last, the
-#   images cached in memory, the loader workers split between the runs, and `--max-minutes
-#   MINUTES --fit-schedule` so that each poly schedule ends inside the budget. Each run's folder
-#   (without the resumable checkpoint.pth and final.safetensors: a file brought back may hold at
-#   most 16 MiB) is packed into OUT/train_<variant>.tgz (at most 8 files come back from a call).
-#   GPU_TRAIN_ARGS="..." appends train.py flags (e.g. a tiny smoke run on a CPU); GPU_TRAIN_RUNS
-#   is the folder of the run folders (default runs/, relative to the repository root).
+# run: trains every SPEC at once on the one GPU. A SPEC is "LABEL=RECIPE [train.py flags]", e.g.
+#   "a=camvid_a_scratch" "a_ohem=camvid_a_scratch --loss ohem" "b=camvid_b_scratch".
+#   Each run keeps the decoded set on the GPU and augments there (training/train.py), uses
+#   `--max-minutes MINUTES --fit-schedule` (the poly schedule is shortened if the measured speed
+#   says it would not end in time) and no curve evaluation (the test split is not carried;
+#   evaluate the weights afterwards on the original PNGs). Each run's folder, without the
+#   resumable checkpoint.pth and the fp32 weights (a file brought back may hold at most
+#   16 MiB, and at most 8 files come back), is packed into OUT/train_<LABEL>.tgz.
+#   GPU_TRAIN_ARGS="..." appends flags to every run (a tiny smoke run on a CPU, say);
+#   GPU_TRAIN_RUNS is the folder of the run folders (default runs/).
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 
@@ -56,48 +57,49 @@ EOF
     ;;
 run)
     if (( $# < 5 )); then
-        echo "usage: $0 run DATA MINUTES OUT VARIANT..." >&2
+        echo "usage: $0 run DATA MINUTES OUT \"LABEL=RECIPE [flags]\"..." >&2
         exit 2
     fi
     data=$2 minutes=$3 out=$4
     shift 4
     PYTHON=${PYTHON:-python3}
     export PYTHONUNBUFFERED=1
-    cpus=$(nproc)
-    workers=$(( (cpus - 2) / $# ))
-    (( workers < 1 )) && workers=1
+    # The GPU machine gets a bare copy of the tree (no editable install): import from it.
+    export PYTHONPATH="$(pwd)${PYTHONPATH:+:$PYTHONPATH}"
     runs=${GPU_TRAIN_RUNS:-runs}
     mkdir -p "$out" "$runs"
-    echo "== $(date -u +%FT%TZ) training $* for $minutes min each, $workers loader workers each"
+    echo "== $(date -u +%FT%TZ) training $# run(s) side by side for $minutes min each"
     "$PYTHON" -c "import torch; print('torch', torch.__version__, 'CUDA', torch.version.cuda,
 torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU')" 2>&1
     declare -A pids
-    for variant in "$@"; do
-        recipe=camvid_${variant#dfanet_}
-        "$PYTHON" training/train.py --recipe "$recipe" --data-root "$data" --amp \
-            --warmup-iters 100 --cache-images --workers "$workers" --iters 40000 \
-            --max-minutes "$minutes" \
-            --fit-schedule --eval-every 500 --ckpt-every 500 --print-freq 50 --export-fp16 \
-            --output-dir "$runs/gpu_$variant" ${GPU_TRAIN_ARGS:-} \
-            > "$runs/gpu_$variant.console.log" 2>&1 &
-        pids[$variant]=$!
+    labels=()
+    for spec in "$@"; do
+        label=${spec%%=*}
+        read -r -a words <<< "${spec#*=}"
+        labels+=("$label")
+        # shellcheck disable=SC2086
+        "$PYTHON" training/train.py --recipe "${words[@]}" --data-root "$data" \
+            --max-minutes "$minutes" --fit-schedule --eval-split "" --export-fp16 \
+            --output-dir "$runs/gpu_$label" ${GPU_TRAIN_ARGS:-} \
+            > "$runs/gpu_$label.console.log" 2>&1 &
+        pids[$label]=$!
     done
     status=0
-    for variant in "$@"; do
-        wait "${pids[$variant]}"
+    for label in "${labels[@]}"; do
+        wait "${pids[$label]}"
         rc=$?
         (( rc )) && status=1
-        echo "== $variant: rc=$rc"
-        grep -E "time budget|val mIoU|done|rror" "$runs/gpu_$variant.console.log" | tail -n 8
-        cp "$runs/gpu_$variant.console.log" "$runs/gpu_$variant/" 2>/dev/null
-        tar czf "$out/train_$variant.tgz" --exclude checkpoint.pth --exclude final.safetensors \
-            -C "$runs" "gpu_$variant"
+        echo "== $label: rc=$rc"
+        grep -E "time budget|stage|completed|rror" "$runs/gpu_$label.console.log" | tail -n 8
+        cp "$runs/gpu_$label.console.log" "$runs/gpu_$label/" 2>/dev/null
+        tar czf "$out/train_$label.tgz" --exclude checkpoint.pth --exclude final.safetensors \
+            --exclude ema.safetensors -C "$runs" "gpu_$label"
     done
     echo "== $(date -u +%FT%TZ) training done"
     exit $status
     ;;
 *)
-    echo "usage: $0 pack [DEST] [JPEG_QUALITY] | run DATA MINUTES OUT VARIANT..." >&2
+    echo "usage: $0 pack [DEST] [JPEG_QUALITY] | run DATA MINUTES OUT \"LABEL=RECIPE [flags]\"..." >&2
     exit 2
     ;;
 esac

@@ -23,29 +23,32 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import os
 import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import cv2
-import numpy as np
 import torch
-import train_utils as tu
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from dfanet_core.data import IMAGENET_MEAN, IMAGENET_STD, DatasetError, ShardSampler
-from dfanet_core.data.transforms import Normalize
-from dfanet_core.imaging import read_image
+from dfanet_core.data.classification import (
+    ClassifierTransform,
+    ImageFolder,
+    RandomResizedCrop,
+    ResizeCenterCrop,
+)
 from dfanet_core.models import XceptionClassifier, get_config, list_models
+from dfanet_core.train import distributed
+from dfanet_core.train import state as run_state
+from dfanet_core.train.logs import setup_logging
+from dfanet_core.train.recipes import jsonable_args
+from dfanet_core.train.state import TrainingError
 
 LOG = logging.getLogger("dfanet.pretrain")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff")
 CHECKPOINT_FORMAT = "dfanet-backbone-pretrain-v1"
 
 
@@ -73,94 +76,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--output-dir", type=Path, default=tu.REPO_ROOT / "runs" / "pretrain")
+    p.add_argument("--output-dir", type=Path, default=Path("runs/pretrain"))
     p.add_argument("--resume", type=Path, help="checkpoint.pth to continue from")
     return p
-
-
-# ---------------------------------------------------------------- data
-
-
-class ImageFolder(Dataset):
-    """``root/<class>/<image>`` -> (image, class index); classes sorted by folder name."""
-
-    def __init__(self, root: str | os.PathLike, transform=None):
-        self.root = Path(root)
-        if not self.root.is_dir():
-            raise DatasetError(f"image folder not found: {self.root} (expected root/<class>/*)")
-        self.classes = sorted(d.name for d in self.root.iterdir() if d.is_dir())
-        self.samples = [
-            (path, index)
-            for index, name in enumerate(self.classes)
-            for path in sorted((self.root / name).iterdir())
-            if path.suffix.lower() in IMAGE_SUFFIXES
-        ]
-        if not self.samples:
-            raise DatasetError(
-                f"no images in {self.root} (expected root/<class>/*{{{','.join(IMAGE_SUFFIXES)}}})"
-            )
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int):
-        path, target = self.samples[index]
-        image = read_image(path)
-        if self.transform is not None:
-            image = self.transform(image)
-        return image, target
-
-
-class RandomResizedCrop:
-    """Inception-style crop: 8-100% of the area, aspect 3/4..4/3, resized to ``size``, then a
-    random horizontal flip."""
-
-    def __init__(self, size: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), hflip: float = 0.5):
-        self.size, self.scale, self.log_ratio, self.hflip = size, scale, np.log(ratio), hflip
-
-    def window(self, h: int, w: int, rng: np.random.Generator) -> tuple[int, int, int, int]:
-        for _ in range(10):
-            area = h * w * rng.uniform(*self.scale)
-            aspect = math.exp(rng.uniform(*self.log_ratio))
-            cw, ch = round(math.sqrt(area * aspect)), round(math.sqrt(area / aspect))
-            if 0 < cw <= w and 0 < ch <= h:
-                return int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1)), ch, cw
-        side = min(h, w)  # fallback: centre square
-        return (h - side) // 2, (w - side) // 2, side, side
-
-    def __call__(self, image: np.ndarray) -> np.ndarray:
-        rng = np.random.default_rng(np.random.randint(0, 2**63 - 1))
-        top, left, ch, cw = self.window(*image.shape[:2], rng)
-        crop = image[top : top + ch, left : left + cw]
-        crop = cv2.resize(crop, (self.size, self.size), interpolation=cv2.INTER_LINEAR)
-        return crop[:, ::-1] if rng.random() < self.hflip else crop
-
-
-class ResizeCenterCrop:
-    """Shorter side to ``size / 0.875``, then the central ``size`` square (standard eval)."""
-
-    def __init__(self, size: int):
-        self.size, self.resize = size, round(size / 0.875)
-
-    def __call__(self, image: np.ndarray) -> np.ndarray:
-        h, w = image.shape[:2]
-        scale = self.resize / min(h, w)
-        nh, nw = max(self.size, round(h * scale)), max(self.size, round(w * scale))
-        image = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR)
-        top, left = (nh - self.size) // 2, (nw - self.size) // 2
-        return image[top : top + self.size, left : left + self.size]
-
-
-class ClassifierTransform:
-    """Geometry, then normalization to a float32 (3, H, W) tensor."""
-
-    def __init__(self, geometry, mean: Sequence[float], std: Sequence[float]):
-        self.geometry, self.normalize = geometry, Normalize(mean, std)
-
-    def __call__(self, image: np.ndarray) -> torch.Tensor:
-        image, _ = self.normalize(self.geometry(image), None)
-        return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
 
 
 # ---------------------------------------------------------------- training
@@ -183,13 +101,14 @@ def train_one_epoch(
         with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
             loss = criterion(model(images), targets)
         if not torch.isfinite(loss):
-            raise tu.TrainingError(f"loss is {loss.item()} in epoch {epoch}; pretraining stopped")
+            raise TrainingError(f"loss is {loss.item()} in epoch {epoch}; pretraining stopped")
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
         total, count = total + loss.item() * len(targets), count + len(targets)
-    stats = tu.all_reduce_sum(torch.tensor([total, count], dtype=torch.float64, device=device))
+    stats = torch.tensor([total, count], dtype=torch.float64, device=device)
+    stats = distributed.all_reduce_sum(stats)
     return (stats[0] / stats[1].clamp(min=1)).item()
 
 
@@ -203,28 +122,28 @@ def evaluate(model, loader, device, amp: bool) -> float:
         with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
             predicted = model(images).argmax(dim=1)
         correct += torch.tensor([(predicted == targets).sum().item(), len(targets)], device=device)
-    correct = tu.all_reduce_sum(correct)
+    correct = distributed.all_reduce_sum(correct)
     return (correct[0] / correct[1].clamp(min=1)).item()
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
     """Pretrain as ``args`` say; returns a summary with the path of ``backbone.pth``."""
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    dist_info = tu.init_distributed(device.type)
+    dist_info = distributed.init_distributed(device.type)
     try:
         return _pretrain(args, device, dist_info)
     finally:
-        tu.cleanup_distributed()
+        distributed.cleanup_distributed()
 
 
-def _pretrain(args, device: torch.device, dist_info: tu.DistInfo) -> dict[str, Any]:
+def _pretrain(args, device: torch.device, dist_info: distributed.DistInfo) -> dict[str, Any]:
     if dist_info.distributed and device.type == "cuda":
         device = torch.device("cuda", dist_info.local_rank)
-    tu.setup_logging(dist_info.rank, Path(args.output_dir) / "pretrain.log")
+    setup_logging(dist_info.rank, Path(args.output_dir) / "pretrain.log")
     if args.threads:
         torch.set_num_threads(args.threads)
     amp = bool(args.amp and device.type == "cuda")
-    tu.seed_everything(args.seed)
+    run_state.seed_everything(args.seed)
     train_set = ImageFolder(
         args.data_root / "train",
         ClassifierTransform(RandomResizedCrop(args.image_size), IMAGENET_MEAN, IMAGENET_STD),
@@ -261,14 +180,14 @@ def _pretrain(args, device: torch.device, dist_info: tu.DistInfo) -> dict[str, A
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
     start_epoch = 0
     if args.resume:
-        ckpt = tu.load_state_dict_file(args.resume, map_location=device)
+        ckpt = run_state.load_state_dict_file(args.resume, map_location=device)
         if ckpt.get("format") != CHECKPOINT_FORMAT:
-            raise tu.TrainingError(f"{args.resume} is not a pretrain_backbone.py checkpoint")
+            raise TrainingError(f"{args.resume} is not a pretrain_backbone.py checkpoint")
         bare.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         scaler.load_state_dict(ckpt["scaler"])
-        tu.set_rng_state(ckpt["rng"])
+        run_state.set_rng_state(ckpt["rng"])
         start_epoch = ckpt["epoch"]
     train_sampler = DistributedSampler(
         train_set, dist_info.world_size, dist_info.rank, shuffle=True, seed=args.seed
@@ -295,7 +214,7 @@ def _pretrain(args, device: torch.device, dist_info: tu.DistInfo) -> dict[str, A
         top1 = evaluate(bare, val_loader, device, amp)
         LOG.info("epoch %d: loss %.4f, val top-1 %.2f%%", epoch + 1, loss, 100 * top1)
         if dist_info.is_main:
-            tu.save_state_dict_file(
+            run_state.save_state_dict_file(
                 {
                     "format": CHECKPOINT_FORMAT,
                     "model": bare.state_dict(),
@@ -303,8 +222,8 @@ def _pretrain(args, device: torch.device, dist_info: tu.DistInfo) -> dict[str, A
                     "scheduler": scheduler.state_dict(),
                     "scaler": scaler.state_dict(),
                     "epoch": epoch + 1,
-                    "args": tu.jsonable_args(args),
-                    "rng": tu.get_rng_state(),
+                    "args": jsonable_args(args),
+                    "rng": run_state.get_rng_state(),
                 },
                 Path(args.output_dir) / "checkpoint.pth",
             )
@@ -319,7 +238,7 @@ def _pretrain(args, device: torch.device, dist_info: tu.DistInfo) -> dict[str, A
     if dist_info.is_main:
         path = Path(args.output_dir) / "backbone.pth"
         weights = {"format": CHECKPOINT_FORMAT, "model": bare.state_dict()}
-        tu.save_state_dict_file(summary | weights, path)
+        run_state.save_state_dict_file(summary | weights, path)
         summary["path"] = str(path)
         LOG.info("pretrained backbone written to %s (val top-1 %.2f%%)", path, 100 * top1)
     return summary
@@ -328,7 +247,7 @@ def _pretrain(args, device: torch.device, dist_info: tu.DistInfo) -> dict[str, A
 def cli(argv: list[str] | None = None) -> int:
     try:
         main(get_args_parser().parse_args(argv))
-    except (tu.TrainingError, DatasetError, FileNotFoundError) as exc:
+    except (TrainingError, DatasetError, FileNotFoundError) as exc:
         print(f"pretrain_backbone.py: error: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -1,18 +1,20 @@
-"""Train DFANet for semantic segmentation (paper Sec. 4), on one device or many with torchrun.
+"""Train DFANet for semantic segmentation, on one device or many (torchrun).
 
-    python training/train.py --recipe training/recipes/camvid_b.yaml [--flag value ...]
-    python -m torch.distributed.run --nproc_per_node 4 training/train.py --recipe ... \\
-        --batch-size 12
+    python training/train.py --recipe camvid_a_scratch               # GPU: 800 epochs, ~9 min
+    python training/train.py --recipe camvid_a_scratch_cpu --max-minutes 120 --resume auto
+    python -m torch.distributed.run --nproc_per_node 4 training/train.py --recipe ...
 
-Paper recipe: SGD momentum 0.9, weight decay 1e-5, base LR 0.2 at batch 48 with the "poly"
-policy (power 0.9) stepped every iteration, pixel-wise cross-entropy, augmentation = mean
-subtraction, random horizontal flip, random resize 0.75..1.75, random crop. The learning rate is
-scaled linearly with the global batch (``base_lr * global_batch / 48``) unless ``--lr`` is given.
+The training set is decoded once into uint8 tensors on the training device
+(:class:`~dfanet_core.data.bank.ImageBank`); every batch is drawn and augmented there in a few
+batched ops (:mod:`dfanet_core.data.batch_augment`), so the GPU is never starved by host-side
+decoding. The schedule is fixed in epochs (:mod:`dfanet_core.train.schedule`); the weights that
+ship are the final exponential moving average: nothing is selected on validation or test data
+(``--eval-split`` only draws the curve).
 
-Outputs in ``--output-dir``: ``checkpoint.pth`` (full training state, written atomically every
-``--ckpt-every`` iterations, loadable with ``weights_only=True``; ``--resume`` continues a run
-exactly), ``best.safetensors`` (best validation mIoU, ``dfanet_core.save_checkpoint`` format with
-dataset metadata), ``final.safetensors``, ``train_log.csv``/``.jsonl``, ``summary.json``.
+Outputs in ``--output-dir``: ``checkpoint.pth`` (the full state: model with auxiliary heads, EMA,
+optimizer, iteration, RNG; atomic; ``--resume`` continues it exactly, on another machine too),
+``ema.safetensors`` (the EMA weights at the last save), ``final.safetensors`` (+ ``_fp16``) when
+the schedule completes, ``train_log.csv/.jsonl``, ``train.log``, ``summary.json``.
 """
 
 from __future__ import annotations
@@ -22,233 +24,171 @@ import logging
 import math
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import train_utils as tu
 import yaml
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 import dfanet_core
-from dfanet_core import (
-    CheckpointError,
-    create_model,
-    list_models,
-    load_checkpoint,
-    save_checkpoint,
-)
-from dfanet_core.data import (
-    DatasetError,
-    IterationSampler,
-    SegmentationDataset,
-    ShardSampler,
-    build_dataset,
-    dataset_info,
-)
+from dfanet_core import CheckpointError, create_model, list_models, load_checkpoint
+from dfanet_core import save_checkpoint as save_weights
+from dfanet_core.data import DatasetError, build_dataset
+from dfanet_core.data.bank import EpochSampler, ImageBank, load_bank
+from dfanet_core.data.batch_augment import AugmentConfig, BatchAugment, iteration_generator
 from dfanet_core.data.class_weights import METHODS as WEIGHTING_METHODS
-from dfanet_core.data.class_weights import class_weights, label_statistics
-from dfanet_core.data.transforms import eval_preset, train_preset
-from dfanet_core.metrics import ConfusionMatrix
+from dfanet_core.data.class_weights import class_weights, label_counts
+from dfanet_core.metrics import GroupedConfusion
 from dfanet_core.models import load_pretrained_backbone
+from dfanet_core.models.deep_supervision import DeepSupervision
+from dfanet_core.train import budget, distributed, logs
+from dfanet_core.train import state as run_state
+from dfanet_core.train.ema import ModelEma
+from dfanet_core.train.losses import LOSSES, SegmentationLoss, resize_logits
+from dfanet_core.train.recipes import RecipeError, jsonable_args, parse_with_recipe
+from dfanet_core.train.schedule import Schedule, build_schedule
+from dfanet_core.train.state import TrainingError
 
 LOG = logging.getLogger("dfanet.train")
-CHECKPOINT_FORMAT = "dfanet-train-v1"
-# Arguments whose change between a checkpoint and its resume changes the run.
-RUN_DEFINING_ARGS = (
-    "model", "dataset", "crop_size", "batch_size", "seed", "scale_range", "hflip_prob",
-    "base_lr", "base_batch_size", "lr", "iters", "momentum", "weight_decay", "poly_power",
-    "base_size", "train_split", "train_subset", "world_size", "warmup_iters", "warmup_factor",
-    "class_weights", "init_checkpoint",
-)  # fmt: skip
+RECIPES = Path(__file__).resolve().parent / "recipes"
+STATE_FORMAT = "dfanet-train-v2"
+AUX_STRIDE = 4
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        description="DFANet training (paper Sec. 4). LR = base-lr x global batch / "
-        "base-batch-size (linear scaling; the scaled value is logged) unless --lr is given.",
-        add_help=add_help,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    p.add_argument("--recipe", help="YAML file (or name in training/recipes) filling defaults")
+        description="DFANet training. LR = base-lr x global batch / base-batch-size unless "
+        "--lr is given. Recipes (training/recipes/*.yaml) fill these defaults.",
+        add_help=add_help, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )  # fmt: skip
+    add = p.add_argument
+    add("--recipe", help="YAML file, or a name in training/recipes")
     # data
-    p.add_argument("--dataset", default="camvid", choices=["camvid", "cityscapes", "folder"])
-    p.add_argument(
-        "--data-root", type=Path, default=None,
-        help="dataset root (default: ../shared/data/<dataset> relative to the repository root)",
-    )  # fmt: skip
-    p.add_argument("--num-classes", type=int, help="classes of a 'folder' dataset")
-    p.add_argument("--class-names", nargs="+", help="class names of a 'folder' dataset")
-    p.add_argument("--train-split", default="train", help="e.g. train, or train+val")
-    p.add_argument("--val-split", default="val")
-    p.add_argument("--train-subset", type=int, help="use only the first N training images")
-    p.add_argument("--val-subset", type=int, help="evaluate only the first N images")
-    p.add_argument(
-        "--base-size", type=int, nargs=2, metavar=("H", "W"),
-        help="resize every train and val image to HxW first (low-resolution runs)",
-    )  # fmt: skip
-    p.add_argument("--crop-size", type=int, nargs=2, default=[360, 480], metavar=("H", "W"))
-    p.add_argument("--scale-range", type=float, nargs=2, default=[0.75, 1.75])
-    p.add_argument("--hflip-prob", type=float, default=0.5)
-    p.add_argument(
-        "--input-size", type=int, nargs=2, metavar=("H", "W"),
-        help="deployment input size stored in the checkpoint (default: validation image size)",
-    )  # fmt: skip
-    p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
-    p.add_argument(
-        "--cache-images", action="store_true",
-        help="decode the train and val sets into memory once (about 0.7 MB per 480x360 pair) "
-        "so that data loading keeps up with a GPU",
-    )  # fmt: skip
-    # model
-    p.add_argument("--model", default="dfanet_a", choices=list_models())
-    p.add_argument(
-        "--pretrained-backbone", type=Path,
-        help="checkpoint from training/pretrain_backbone.py, loaded into every backbone",
-    )  # fmt: skip
+    add("--dataset", default="camvid", choices=["camvid", "cityscapes", "folder"])
+    add("--data-root", type=Path, help="dataset root (default: $DFANET_DATA/<dataset>)")
+    add("--num-classes", type=int, help="classes of a 'folder' dataset")
+    add("--class-names", nargs="+", help="class names of a 'folder' dataset")
+    add("--train-split", default="train", help="e.g. train, or train+val")
+    add("--train-subset", type=int, help="use only the first N training images")
+    add("--base-size", type=int, nargs=2, metavar=("H", "W"), help="resize all images first")
+    add("--bank-device", default="auto", help="where the decoded set lives (auto: training "
+        "device; cpu: host memory, for sets larger than the GPU)")  # fmt: skip
+    # schedule and augmentation
+    add("--epochs", type=float, help="one stage of this many epochs (instead of --iters)")
+    add("--iters", type=int, default=10000, help="one stage of this many iterations")
+    add("--stages", type=yaml.safe_load, help="curriculum: YAML list of {epochs|iterations, "
+        "crop_size, batch_size, scale_range}; overrides --epochs/--iters")  # fmt: skip
+    add("--crop-size", type=int, nargs=2, default=[360, 480], metavar=("H", "W"))
+    add("--scale-range", type=float, nargs=2, default=[0.75, 1.75])
+    add("--hflip-prob", type=float, default=0.5)
+    add("--jitter", type=float, nargs=3, default=[0.0, 0.0, 0.0],
+        metavar=("BRIGHTNESS", "CONTRAST", "SATURATION"))  # fmt: skip
+    add("--input-size", type=int, nargs=2, metavar=("H", "W"), help="deployment input size "
+        "stored in the checkpoint (default: the training images' size)")  # fmt: skip
+    # model and loss
+    add("--model", default="dfanet_a", choices=list_models())
+    add("--pretrained-backbone", type=Path, help="pretrain_backbone.py checkpoint")
+    add("--init-checkpoint", type=Path, help="start from these weights (fresh schedule)")
+    add("--aux-weight", type=float, default=0.0, help="loss weight of each deep-supervision "
+        "head on a backbone tail (0: no heads); the heads never reach the export")  # fmt: skip
+    add("--loss", default="ce", choices=LOSSES, help="cross-entropy or OHEM cross-entropy")
+    add("--class-weights", default="none", choices=list(WEIGHTING_METHODS))
     # optimisation
-    p.add_argument("--batch-size", type=int, default=8, help="images per process")
-    p.add_argument("--iters", type=int, default=10000, help="total training iterations")
-    p.add_argument("--base-lr", type=float, default=0.2, help="LR at --base-batch-size")
-    p.add_argument("--base-batch-size", type=int, default=48)
-    p.add_argument("--lr", type=float, help="absolute LR (disables linear scaling)")
-    p.add_argument("--momentum", type=float, default=0.9)
-    p.add_argument("--weight-decay", type=float, default=1e-5)
-    p.add_argument("--poly-power", type=float, default=0.9)
-    p.add_argument(
-        "--class-weights", default="none", choices=list(WEIGHTING_METHODS),
-        help="cross-entropy class weights from the training labels (none = the paper's loss; "
-        "enet = 1/ln(1.02+p); median-freq = SegNet's), scaled to a pixel-weighted mean of 1",
-    )  # fmt: skip
-    p.add_argument(
-        "--init-checkpoint", type=Path,
-        help="start from these weights (a .safetensors of the same variant and classes, e.g. "
-        "to fine-tune); optimizer and schedule start fresh (unlike --resume)",
-    )  # fmt: skip
-    p.add_argument("--amp", action="store_true", help="mixed precision (autocast)")
-    p.add_argument(
-        "--amp-dtype", default="auto", choices=["auto", "bfloat16", "float16"],
-        help="autocast type; auto = bfloat16 where the device supports it (float16 overflows "
-        "in DFANet once its pre-norm weights grow: NaN loss after ~20 iterations at LR 0.2)",
-    )  # fmt: skip
-    p.add_argument(
-        "--warmup-iters", type=int, default=0,
-        help="linear LR warm-up over the first N iterations (0: none, as in the paper)",
-    )  # fmt: skip
-    p.add_argument(
-        "--warmup-factor", type=float, default=0.1, help="LR multiplier at iteration 0 of warm-up"
-    )
-    p.add_argument("--seed", type=int, default=0)
+    add("--batch-size", type=int, default=8, help="global batch (split over processes)")
+    add("--base-lr", type=float, default=0.2, help="LR at --base-batch-size")
+    add("--base-batch-size", type=int, default=48)
+    add("--lr", type=float, help="absolute LR at --batch-size (disables linear scaling)")
+    add("--momentum", type=float, default=0.9)
+    add("--weight-decay", type=float, default=1e-5)
+    add("--poly-power", type=float, default=0.9)
+    add("--warmup-iters", type=int, default=0)
+    add("--warmup-factor", type=float, default=0.1)
+    add("--ema-decay", type=float, default=0.0, help="EMA of the weights (0: ship the raw ones)")
+    add("--amp", action="store_true", help="autocast (bfloat16 unless --amp-dtype float16)")
+    add("--amp-dtype", default="auto", choices=["auto", "bfloat16", "float16"])
+    add("--channels-last", default="auto", choices=["auto", "on", "off"],
+        help="auto: on for CUDA only (fp32 channels_last training crashed torch 2.13 on CPU)")
+    add("--compile", action="store_true", help="torch.compile the training model")
+    add("--seed", type=int, default=0)
     # run control
-    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
-    p.add_argument("--output-dir", type=Path, default=tu.REPO_ROOT / "runs" / "train")
-    p.add_argument("--eval-every", type=int, default=500, help="iterations between val runs")
-    p.add_argument("--ckpt-every", type=int, default=500, help="iterations between checkpoints")
-    p.add_argument("--keep-checkpoints", action="store_true", help="also keep one per save")
-    p.add_argument("--print-freq", type=int, default=10, help="iterations per log row")
-    p.add_argument(
-        "--resume", help="training checkpoint to continue from, or 'auto' for "
-        "<output-dir>/checkpoint.pth when it exists",
-    )  # fmt: skip
-    p.add_argument(
-        "--max-minutes", type=float,
-        help="wall-clock budget of this invocation: stop cleanly, evaluate and save when spent",
-    )  # fmt: skip
-    p.add_argument(
-        "--fit-schedule", action="store_true",
-        help="with --max-minutes (single process): shorten --iters and the poly schedule to "
-        "what fits the budget, measured at iteration 20 and after each evaluation",
-    )  # fmt: skip
-    p.add_argument("--export-fp16", action="store_true", help="also write best_fp16.safetensors")
+    add("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    add("--threads", type=int, help="torch CPU threads")
+    add("--output-dir", type=Path, default=Path("runs/train"))
+    add("--eval-split", help="split evaluated for the curve only (never for selection)")
+    add("--eval-every", type=int, default=0, help="iterations between curve evaluations")
+    add("--eval-subset", type=int, help="evaluate only the first N images")
+    add("--ckpt-every", type=int, default=500, help="iterations between state saves")
+    add("--print-freq", type=int, default=10, help="iterations per log row")
+    add("--resume", help="state file, or 'auto' for <output-dir>/checkpoint.pth if present")
+    add("--max-minutes", type=float, help="budget of this invocation: save the state and stop")
+    add("--stretch-iters", type=int, help="stop this invocation after N iterations (saved)")
+    add("--fit-schedule", action="store_true",
+        help="with --max-minutes: shorten a one-stage schedule to end inside the budget")
+    add("--benchmark-steps", type=int, help="time N steps (after 5 warm-up), print it/s, exit")
+    add("--export-fp16", action="store_true", help="also write final_fp16.safetensors")
     return p
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Command line -> arguments, with ``--recipe`` filling the defaults."""
-    return tu.parse_with_recipe(get_args_parser(), argv)
-
-
-class PolyLR:
-    """``(1 - iteration / max_iters) ** power``, times a linear warm-up from ``warmup_factor``
-    to 1 over the first ``warmup_iters`` iterations; a callable object so that LambdaLR's state
-    dict stores it (and ``--fit-schedule`` can shorten it)."""
-
-    warmup_iters = 0  # class defaults: checkpoints written before warm-up existed lack them
-    warmup_factor = 1.0
-
-    def __init__(
-        self, max_iters: int, power: float = 0.9, warmup_iters: int = 0,
-        warmup_factor: float = 0.1,
-    ):  # fmt: skip
-        self.max_iters = int(max_iters)
-        self.power = float(power)
-        self.warmup_iters = int(warmup_iters)
-        self.warmup_factor = float(warmup_factor)
-
-    def __call__(self, iteration: int) -> float:
-        factor = max(0.0, 1.0 - iteration / self.max_iters) ** self.power
-        if iteration < self.warmup_iters:
-            progress = iteration / self.warmup_iters
-            factor *= self.warmup_factor + (1.0 - self.warmup_factor) * progress
-        return factor
-
-
-@dataclass
-class RunState:
-    iteration: int = 0
-    best_miou: float = -1.0
-    best_iteration: int = -1
-    elapsed_s: float = 0.0  # training time of earlier invocations (resume)
-    last_checkpoint: Path | None = None
+    return parse_with_recipe(get_args_parser(), argv, [RECIPES])
 
 
 # ---------------------------------------------------------------- setup
 
 
-def learning_rate(args: argparse.Namespace, world_size: int) -> float:
-    """``--lr`` if given, else the linearly scaled paper LR."""
+def make_schedule(args, num_samples: int, mean, std, ignore_index: int) -> Schedule:
+    augment = AugmentConfig(
+        tuple(args.crop_size), tuple(args.scale_range), args.hflip_prob, *args.jitter,
+        ignore_index=ignore_index, mean=tuple(mean), std=tuple(std),
+    )  # fmt: skip
+    if args.stages:
+        specs = args.stages
+    elif args.epochs:
+        specs = [{"epochs": args.epochs}]
+    else:
+        specs = [{"iterations": args.iters}]
+    return build_schedule(
+        specs, num_samples, augment, args.batch_size, args.warmup_iters, args.warmup_factor,
+        args.poly_power,
+    )  # fmt: skip
+
+
+def learning_rate(args, batch_size: int) -> float:
+    """LR for a global batch: ``--lr`` (given at --batch-size) or the linearly scaled paper LR;
+    both scale linearly with the stage's batch."""
     if args.lr is not None:
-        return args.lr
-    return args.base_lr * args.batch_size * world_size / args.base_batch_size
+        return args.lr * batch_size / args.batch_size
+    return args.base_lr * batch_size / args.base_batch_size
 
 
-def build_datasets(args) -> tuple[SegmentationDataset, SegmentationDataset]:
+def data_root(args) -> Path:
+    from dfanet_core.paths import data_root as default_root
+
+    return args.data_root or default_root(args.dataset)
+
+
+def build_sets(args) -> tuple[Any, Any | None]:
     extra = {}
     if args.dataset == "folder":
         if not args.num_classes:
             raise DatasetError("--dataset folder needs --num-classes")
         extra = {"num_classes": args.num_classes, "class_names": args.class_names}
-    info = dataset_info(args.dataset, **extra)
-    root = args.data_root or tu.REPO_ROOT.parent / "shared" / "data" / args.dataset
-    train_tf = train_preset(
-        args.crop_size, info.mean, info.std, args.scale_range, args.hflip_prob,
-        info.ignore_index, args.base_size,
-    )  # fmt: skip
-    train_set = build_dataset(args.dataset, root, args.train_split, train_tf, **extra)
-    val_tf = eval_preset(info.mean, info.std, args.base_size)
-    val_set = build_dataset(args.dataset, root, args.val_split, val_tf, **extra)
+    root = data_root(args)
+    train_set = build_dataset(args.dataset, root, args.train_split, **extra)
     if args.train_subset:
         train_set = train_set.subset(args.train_subset)
-    if args.val_subset:
-        val_set = val_set.subset(args.val_subset)
-    if args.cache_images:
-        start = time.monotonic()
-        train_set.cache_in_memory()
-        val_set.cache_in_memory()
-        LOG.info(
-            "cached %d train + %d val pairs in memory (%.1f s)",
-            len(train_set), len(val_set), time.monotonic() - start,
-        )  # fmt: skip
-    return train_set, val_set
+    eval_set = None
+    if args.eval_split:
+        eval_set = build_dataset(args.dataset, root, args.eval_split, **extra)
+        if args.eval_subset:
+            eval_set = eval_set.subset(args.eval_subset)
+    return train_set, eval_set
 
 
 def autocast_dtype(args, device: torch.device) -> torch.dtype | None:
-    """The ``--amp`` autocast type on ``device``, or None for float32 training."""
     if not args.amp:
         return None
     name = args.amp_dtype
@@ -256,583 +196,411 @@ def autocast_dtype(args, device: torch.device) -> torch.dtype | None:
         cuda = device.type == "cuda"
         name = "float16" if cuda and not torch.cuda.is_bf16_supported() else "bfloat16"
     if name == "float16" and device.type != "cuda":
-        LOG.warning("--amp-dtype float16 needs CUDA; training in float32 on %s", device)
-        return None
-    LOG.info("mixed precision: autocast to %s", name)
+        raise TrainingError("--amp-dtype float16 needs CUDA; use bfloat16 on the CPU")
     return getattr(torch, name)
 
 
-def resolve_device(args) -> torch.device:
-    if args.device:
-        return torch.device(args.device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def build_model(args, num_classes: int) -> nn.Module:
+    net = create_model(args.model, num_classes=num_classes)
+    if args.pretrained_backbone:
+        unused = load_pretrained_backbone(net, run_state.load_state_dict_file(
+            args.pretrained_backbone).get("model", {}))  # fmt: skip
+        if unused:
+            raise TrainingError(f"pretrained backbone {args.pretrained_backbone} does not fit "
+                                f"{args.model}: {len(unused)} tensors unused, e.g. {unused[:3]}")
+    if args.init_checkpoint:
+        source, meta = load_checkpoint(args.init_checkpoint)
+        if meta.get("variant") != args.model:
+            raise TrainingError(f"--init-checkpoint {args.init_checkpoint} holds "
+                                f"{meta.get('variant')!r}, but --model is {args.model!r}")
+        net.load_state_dict(source.float().state_dict())
+    return DeepSupervision(net) if args.aux_weight > 0 else net
 
 
-def load_backbone_weights(model: nn.Module, path: Path) -> None:
-    """Copy a pretrain_backbone.py checkpoint into every backbone; a misfit is an error."""
-    ckpt = tu.load_state_dict_file(path)
-    state = ckpt.get("model", ckpt)
-    unused = load_pretrained_backbone(model, state)
-    if unused:
-        raise tu.TrainingError(
-            f"pretrained backbone {path} does not fit {_model_name(model)}: "
-            f"{len(unused)} of {len(state)} tensors unused (e.g. {unused[:3]}); was it "
-            f"pretrained for another backbone ({ckpt.get('backbone', 'unknown')})?"
-        )
-    LOG.info("loaded pretrained backbone %s into %d backbones", path, len(model.backbones))
+def bare_net(model: nn.Module) -> nn.Module:
+    model = getattr(model, "module", model)  # DDP
+    model = getattr(model, "_orig_mod", model)  # torch.compile
+    return getattr(model, "net", model)  # DeepSupervision
 
 
-def load_initial_weights(model: nn.Module, path: Path, variant: str) -> None:
-    """Copy a dfanet_core checkpoint's weights into ``model``; another variant or class count
-    is an error naming both."""
-    source, meta = load_checkpoint(path)
-    if meta.get("variant") != variant:
-        raise tu.TrainingError(
-            f"--init-checkpoint {path} holds {meta.get('variant')!r}, but --model is {variant!r}"
-        )
-    try:
-        model.load_state_dict(source.float().state_dict())
-    except RuntimeError as exc:
-        raise tu.TrainingError(f"--init-checkpoint {path} does not fit the model: {exc}") from None
-    LOG.info("initialised from %s (val mIoU %s)", path, meta.get("training", {}).get("val_miou"))
+# ---------------------------------------------------------------- one step, evaluation
 
 
-def loss_weights(args, dataset, device: torch.device) -> torch.Tensor | None:
-    """``--class-weights`` from the training labels (None for the paper's plain loss)."""
-    if args.class_weights == "none":
-        return None
-    pixels, image_pixels = label_statistics(dataset)
-    weights = class_weights(pixels, image_pixels, args.class_weights)
-    LOG.info(
-        "class weights (%s): %s", args.class_weights,
-        ", ".join(f"{n} {w:.2f}" for n, w in zip(dataset.info.class_names, weights)),
-    )  # fmt: skip
-    return torch.from_numpy(weights).to(device)
+def train_step(model, criterion, optimizer, scaler, images, targets, amp, aux_weight: float,
+               world_size: int = 1) -> torch.Tensor:  # fmt: skip
+    """One SGD step; returns the main output's mean loss over the global batch as a device
+    tensor (no host sync).
 
-
-def _model_name(model: nn.Module) -> str:
-    return getattr(getattr(model, "config", None), "name", type(model).__name__)
-
-
-def make_train_loader(dataset, args, dist_info: tu.DistInfo, start_iteration: int) -> DataLoader:
-    sampler = IterationSampler(
-        len(dataset), args.batch_size, args.seed, dist_info.rank, dist_info.world_size,
-        start_iteration,
-    )  # fmt: skip
-    return DataLoader(
-        dataset,
-        batch_size=args.batch_size,
-        sampler=sampler,
-        num_workers=args.workers,
-        pin_memory=torch.cuda.is_available(),
-        drop_last=True,
-        persistent_workers=False,
-        # Own generator: creating the iterator must not draw from the global torch RNG.
-        generator=torch.Generator().manual_seed(args.seed),
-    )
-
-
-def make_val_loader(dataset, args, dist_info: tu.DistInfo) -> DataLoader:
-    return DataLoader(
-        dataset,
-        batch_size=1,
-        sampler=ShardSampler(len(dataset), dist_info.rank, dist_info.world_size),
-        num_workers=min(args.workers, 2),
-        pin_memory=torch.cuda.is_available(),
-    )
-
-
-# ---------------------------------------------------------------- steps
-
-
-def train_one_iteration(
-    model: nn.Module,
-    criterion: nn.CrossEntropyLoss,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler,
-    images: torch.Tensor,
-    targets: torch.Tensor,
-    amp: torch.dtype | None = None,
-    world_size: int = 1,
-) -> float:
-    """One SGD step; returns the mean pixel loss over the global batch.
-
-    The loss is the cross-entropy summed over valid pixels divided by the global valid-pixel
-    count / world size, so DDP's gradient averaging equals one process with the whole batch.
-    A non-finite loss raises ``FloatingPointError`` on every rank before the step.
-    """
-    valid = (targets != criterion.ignore_index).sum().float()
-    global_valid = tu.all_reduce_sum(valid.clone())
-    with _autocast(images, amp):
-        logits = model(images)
-        loss_sum = criterion(logits, targets)
-    loss = loss_sum / (global_valid / world_size).clamp(min=1.0)
-    mean_loss = (tu.all_reduce_sum(loss_sum.detach().float()) / global_valid.clamp(min=1.0)).item()
-    if not math.isfinite(mean_loss):
-        raise FloatingPointError(mean_loss)
+    Every term is normalised by its pixel count summed over processes / world size, so DDP's
+    gradient averaging equals one process holding the whole batch."""
+    with torch.autocast(images.device.type, dtype=amp or torch.bfloat16, enabled=bool(amp)):
+        outputs = model(images)
+    logits, aux = outputs if isinstance(outputs, tuple) else (outputs, [])
+    terms = [criterion(logits, targets)]
+    if aux:
+        # Deep supervision at 1/4 resolution: labels sampled at the pixel centres of 4x4 cells.
+        small = targets[:, AUX_STRIDE // 2 :: AUX_STRIDE, AUX_STRIDE // 2 :: AUX_STRIDE]
+        terms += [criterion(resize_logits(a, small.shape[-2:]), small) for a in aux]
+    sums = [s for s, _ in terms]
+    norms = distributed.all_reduce_sum(torch.stack([n for _, n in terms]).detach())
+    norms = (norms / world_size).clamp(min=1.0)
+    weights = [1.0] + [aux_weight] * len(aux)
+    loss = sum(w * s / n for w, s, n in zip(weights, sums, norms))
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.step(optimizer)
     scaler.update()
-    return mean_loss
-
-
-def _autocast(images: torch.Tensor, amp: torch.dtype | None) -> torch.autocast:
-    """Autocast to ``amp`` on the images' device, or a disabled context for float32."""
-    return torch.autocast(images.device.type, dtype=amp or torch.bfloat16, enabled=amp is not None)
-
-
-def predict(
-    model: nn.Module, images: torch.Tensor, amp: torch.dtype | None = None
-) -> torch.Tensor:
-    """Class-id prediction (N, H, W) of a normalized batch at its own resolution."""
-    with _autocast(images, amp):
-        return model(images).argmax(dim=1)
+    if world_size == 1:
+        return (sums[0] / norms[0]).detach()
+    return distributed.all_reduce_sum(sums[0].detach().clone()) / (norms[0] * world_size)
 
 
 @torch.no_grad()
-def evaluate(
-    model: nn.Module,
-    loader: DataLoader,
-    device: torch.device,
-    num_classes: int,
-    ignore_index: int = 255,
-    amp: torch.dtype | None = None,
-    channels_last: bool = False,
-    progress: bool = False,
-) -> ConfusionMatrix:
-    """Confusion matrix of ``model`` on ``loader``, summed over all processes."""
+def evaluate(model: nn.Module, bank: ImageBank, info, device, amp=None, batch_size: int = 8,
+             rank: int = 0, world_size: int = 1) -> GroupedConfusion:  # fmt: skip
+    """Confusion matrices per sequence of ``model`` on every image of ``bank`` at full size."""
+    from dfanet_core.data.batch_augment import normalize
+
     was_training = model.training
     model.eval()
-    matrix = ConfusionMatrix(num_classes, ignore_index)
-    for images, targets in tqdm(loader, desc="eval", leave=False, disable=not progress):
-        images = images.to(device, non_blocking=True)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        matrix.update(targets.to(device, non_blocking=True), predict(model, images, amp))
+    matrices = GroupedConfusion(info.num_classes, info.ignore_index)
+    mine = list(range(rank, len(bank), world_size))
+    for start in range(0, len(mine), batch_size):
+        indices = torch.tensor(mine[start : start + batch_size])
+        images, labels = bank.batch(indices, device)
+        images = normalize(images.float(), info.mean, info.std)
+        with torch.autocast(device.type, dtype=amp or torch.bfloat16, enabled=bool(amp)):
+            predictions = model(images).argmax(dim=1)
+        for i, index in enumerate(indices.tolist()):
+            matrices.update(info.sequence_of(bank.names[index]), labels[i], predictions[i])
     model.train(was_training)
-    return matrix.all_reduce()
+    return matrices.all_reduce()
 
 
-# ---------------------------------------------------------------- checkpoints
+# ---------------------------------------------------------------- state files
 
 
-def save_training_checkpoint(
-    output_dir: Path, state: RunState, model, optimizer, scheduler, scaler, args, world_size: int
-) -> Path:
-    """Everything a resume needs, as a plain dict loadable with ``weights_only=True``."""
+@dataclass
+class Run:
+    """What the loop carries besides the modules."""
+
+    schedule: Schedule
+    iteration: int = 0
+    elapsed_s: float = 0.0
+    lr: float = math.nan
+    losses: list = field(default_factory=list)
+    last_saved: Path | None = None
+    last_eval: dict | None = None
+
+
+def save_state(path: Path, run: Run, model, ema, optimizer, scaler, args) -> Path:
     payload = {
-        "format": CHECKPOINT_FORMAT,
-        "model": model.state_dict(),
+        "format": STATE_FORMAT,
+        "recipe": args.recipe_name,
+        "variant": args.model,
+        "model": getattr(model, "module", model).state_dict(),
+        "ema": ema.state_dict() if ema else None,
         "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
         "scaler": scaler.state_dict(),
-        "iteration": state.iteration,
-        "best_miou": state.best_miou,
-        "best_iteration": state.best_iteration,
-        "elapsed_s": state.elapsed_s,
-        "args": tu.jsonable_args(args) | {"world_size": world_size},
-        "rng": tu.get_rng_state(),
+        "iteration": run.iteration,
+        "total_iterations": run.schedule.total_iterations,
+        "elapsed_s": run.elapsed_s,
+        "args": jsonable_args(args),
+        "rng": run_state.get_rng_state(),
     }
-    path = tu.save_state_dict_file(payload, output_dir / "checkpoint.pth")
-    if args.keep_checkpoints:
-        tu.save_state_dict_file(payload, output_dir / f"checkpoint_{state.iteration:07d}.pth")
-    return path
+    return run_state.save_state_dict_file(payload, path)
 
 
-def resume_path(args) -> Path | None:
-    if args.resume == "auto":
-        candidate = args.output_dir / "checkpoint.pth"
-        return candidate if candidate.is_file() else None
-    return Path(args.resume) if args.resume else None
-
-
-def restore_training_checkpoint(
-    path: Path, model, optimizer, scheduler, scaler, args, device, world_size: int
-) -> RunState:
-    """Load a ``checkpoint.pth`` into the live objects and return the run state."""
-    ckpt = tu.load_state_dict_file(path, map_location=device)
-    if ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise tu.TrainingError(
-            f"{path} is not a train.py checkpoint (format {ckpt.get('format')!r})"
-        )
-    saved = ckpt["args"]
-    if saved["model"] != args.model:
-        raise tu.TrainingError(f"{path} trained {saved['model']!r}, but --model is {args.model!r}")
-    current = tu.jsonable_args(args) | {"world_size": world_size}
-    changed = [k for k in RUN_DEFINING_ARGS if saved.get(k) != current.get(k)]
-    if changed:
-        LOG.warning(
-            "resuming with changed settings (the run will not repeat the original): %s",
-            ", ".join(f"{k} {saved.get(k)!r}->{current.get(k)!r}" for k in changed),
-        )
-    model.load_state_dict(ckpt["model"])
+def restore_state(
+    path: Path, model, ema, optimizer, scaler, args, device, schedule: Schedule
+) -> tuple[int, float]:
+    """Load a state file into the live objects; returns (iteration, elapsed seconds)."""
+    ckpt = run_state.load_state_dict_file(path, map_location=device)
+    if ckpt.get("format") != STATE_FORMAT:
+        raise TrainingError(f"{path} is not a train.py state file (format "
+                            f"{ckpt.get('format')!r}, expected {STATE_FORMAT!r})")  # fmt: skip
+    for what, saved, now in (("recipe", ckpt["recipe"], args.recipe_name),
+                             ("variant", ckpt["variant"], args.model)):  # fmt: skip
+        if saved != now:
+            raise TrainingError(f"{path} belongs to {what} {saved!r}, but this run is {what} "
+                                f"{now!r}: refusing to mix them (start a new --output-dir)")
+    if ckpt["total_iterations"] != schedule.total_iterations and not args.fit_schedule:
+        raise TrainingError(f"{path} follows a schedule of {ckpt['total_iterations']} "
+                            f"iterations, this run one of {schedule.total_iterations}: the "
+                            "recipe or the data changed; refusing to mix them")
+    getattr(model, "module", model).load_state_dict(ckpt["model"])
+    if ema is not None:
+        if ckpt["ema"] is None:
+            raise TrainingError(f"{path} was trained without an EMA; this run has --ema-decay")
+        ema.load_state_dict(ckpt["ema"])
     optimizer.load_state_dict(ckpt["optimizer"])
-    scheduler.load_state_dict(ckpt["scheduler"])
-    scheduler.lr_lambdas[0].max_iters = args.iters
     scaler.load_state_dict(ckpt["scaler"])
-    tu.set_rng_state(ckpt["rng"])
-    LOG.info("resumed from %s at iteration %d", path, ckpt["iteration"])
-    return RunState(
-        ckpt["iteration"], ckpt["best_miou"], ckpt["best_iteration"], ckpt["elapsed_s"], path
-    )
+    run_state.set_rng_state(ckpt["rng"])
+    LOG.info("resumed %s at iteration %d (%.1f h trained so far)", path, ckpt["iteration"],
+             ckpt["elapsed_s"] / 3600)  # fmt: skip
+    return ckpt["iteration"], ckpt["elapsed_s"]
 
 
-def model_meta(info, args, input_size, miou: float, iteration: int) -> dict[str, Any]:
-    """Checkpoint metadata: dataset facts + variant + input size + provenance."""
+def weights_meta(info, args, input_size, run: Run, schedule: Schedule) -> dict[str, Any]:
     return info.meta() | {
         "variant": args.model,
         "input_size": list(input_size),
         "trained": True,
         "version": dfanet_core.__version__,
         "training": {
-            "iteration": iteration,
-            "val_miou": None if math.isnan(miou) else miou,
-            "val_split": args.val_split,
-            "recipe": str(args.recipe) if args.recipe else None,
+            "recipe": args.recipe_name,
+            "iteration": run.iteration,
+            "total_iterations": schedule.total_iterations,
+            "weights": "ema" if args.ema_decay else "raw",
+            "train_split": args.train_split,
+            "selection": "none (final weights)",
         },
     }
 
 
-# ---------------------------------------------------------------- main loop
+# ---------------------------------------------------------------- main
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
-    """Train as ``args`` say; returns the run summary (also written to summary.json)."""
-    device = resolve_device(args)
-    dist_info = tu.init_distributed(device.type)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dist_info = distributed.init_distributed(device.type)
     try:
-        return _train(args, device, dist_info)
+        if dist_info.distributed and device.type == "cuda":
+            device = torch.device("cuda", dist_info.local_rank)
+        return train(args, device, dist_info)
     finally:
-        tu.cleanup_distributed()
+        distributed.cleanup_distributed()
 
 
-def _train(args, device: torch.device, dist_info: tu.DistInfo) -> dict[str, Any]:
-    if dist_info.distributed and device.type == "cuda":
-        device = torch.device("cuda", dist_info.local_rank)
-    args.output_dir = Path(args.output_dir)
-    tu.setup_logging(dist_info.rank, args.output_dir / "train.log")
+def train(args, device: torch.device, dist_info) -> dict[str, Any]:
+    out = Path(args.output_dir)
+    logs.setup_logging(dist_info.rank, None if args.benchmark_steps else out / "train.log")
     if args.threads:
         torch.set_num_threads(args.threads)
-    amp = autocast_dtype(args, device)
-    channels_last = device.type == "cuda"
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    tu.seed_everything(args.seed)
+    run_state.seed_everything(args.seed)
+    amp = autocast_dtype(args, device)
+    channels_last = args.channels_last == "on" or (
+        args.channels_last == "auto" and device.type == "cuda")  # fmt: skip
 
-    train_set, val_set = build_datasets(args)
+    train_set, eval_set = build_sets(args)
     info = train_set.info
-    input_size = args.input_size or args.base_size or list(val_set.load(0)[0].shape[:2])
-    model = create_model(args.model, num_classes=info.num_classes)
-    if args.pretrained_backbone:
-        load_backbone_weights(model, args.pretrained_backbone)
-    if args.init_checkpoint:
-        load_initial_weights(model, args.init_checkpoint, args.model)
+    bank_device = device if args.bank_device == "auto" else torch.device(args.bank_device)
+    size = tuple(args.base_size) if args.base_size else None
+    bank = load_bank(train_set, bank_device, size, LOG)
+    eval_bank = load_bank(eval_set, bank_device, size, LOG) if eval_set is not None else None
+    schedule = make_schedule(args, len(bank), info.mean, info.std, info.ignore_index)
+    augmenters = [BatchAugment(stage.augment) for stage in schedule.stages]
+    sampler = EpochSampler(len(bank), args.seed, bank_device)
+    input_size = args.input_size or args.base_size or list(bank.image_size)
+
+    model = build_model(args, info.num_classes)
     if dist_info.distributed:
-        model = tu.convert_sync_batchnorm(model, device.type)
+        model = distributed.convert_sync_batchnorm(model, device.type)
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    model_without_ddp = model
-
-    lr = learning_rate(args, dist_info.world_size)
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=lr, momentum=args.momentum, weight_decay=args.weight_decay
-    )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, PolyLR(args.iters, args.poly_power, args.warmup_iters, args.warmup_factor)
-    )
-    # Loss scaling only for float16 (bfloat16 has float32's range).
+    ema = ModelEma(bare_net(model), args.ema_decay) if args.ema_decay else None
+    optimizer = torch.optim.SGD(model.parameters(), lr=learning_rate(args, args.batch_size),
+                                momentum=args.momentum, weight_decay=args.weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=amp is torch.float16)
-    state = RunState()
-    checkpoint = resume_path(args)
-    if checkpoint is not None:
-        state = restore_training_checkpoint(
-            checkpoint, model, optimizer, scheduler, scaler, args, device, dist_info.world_size
-        )
+    weights = None
+    if args.class_weights != "none":
+        weights = torch.from_numpy(class_weights(*label_counts(bank.labels, info.num_classes),
+                                                 args.class_weights)).to(device)  # fmt: skip
+        LOG.info("class weights (%s): %s", args.class_weights, ", ".join(
+            f"{n} {w:.2f}" for n, w in zip(info.class_names, weights.tolist())))  # fmt: skip
+    criterion = SegmentationLoss(args.loss, weights, info.ignore_index).to(device)
+
+    run = Run(schedule)
+    resume = out / "checkpoint.pth" if args.resume == "auto" else args.resume
+    if args.resume and (args.resume != "auto" or Path(resume).is_file()):
+        run.iteration, run.elapsed_s = restore_state(
+            Path(resume), model, ema, optimizer, scaler, args, device, schedule)
+        run.last_saved = Path(resume)
+    step_model = model
     if dist_info.distributed:
-        model = DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
-        )
+        step_model = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)  # fmt: skip
+    if args.compile:
+        step_model = torch.compile(step_model)
 
-    global_batch = args.batch_size * dist_info.world_size
-    how = (
-        "set by --lr"
-        if args.lr is not None
-        else f"= {args.base_lr} x global batch {global_batch} / {args.base_batch_size}, "
-        "linear scaling rule"
-    )
-    LOG.info(
-        "%s on %s (%s train / %s val images, %d classes), %d process(es) x batch %d on %s; "
-        "learning rate %.5g (%s)",
-        args.model, info.name, len(train_set), len(val_set), info.num_classes,
-        dist_info.world_size, args.batch_size, device, lr, how,
-    )  # fmt: skip
+    LOG.info("%s on %s: %d train images (%s), %d stage(s), %d iterations, %s on %s%s",
+             args.model, info.name, len(bank), args.train_split, len(schedule.stages),
+             schedule.total_iterations, f"autocast {amp}" if amp else "float32", device,
+             f", {dist_info.world_size} processes" if dist_info.distributed else "")
+    for number, stage in enumerate(schedule.stages, 1):
+        LOG.info("stage %d: %d iterations (%s epochs) of batch %d, crop %s, scale %s, LR %.4g",
+                 number, stage.iterations, stage.epochs, stage.batch_size,
+                 stage.augment.crop_size, stage.augment.scale_range,
+                 learning_rate(args, stage.batch_size))  # fmt: skip
+
+    def step(iteration: int) -> torch.Tensor:
+        plan = run.schedule  # --fit-schedule may shorten it
+        index = plan.stage_index(iteration)
+        stage = plan.stages[index]
+        run.lr = learning_rate(args, stage.batch_size) * plan.lr_factor(iteration)
+        for group in optimizer.param_groups:
+            group["lr"] = run.lr
+        indices = sampler.batch(plan.position(iteration), stage.batch_size,
+                                dist_info.rank, dist_info.world_size)  # fmt: skip
+        images_u8, labels_u8 = bank.batch(indices, device)
+        share = stage.batch_size // dist_info.world_size
+        images, targets = augmenters[index](
+            images_u8, labels_u8, iteration_generator(args.seed, iteration, device),
+            slice_of=(dist_info.rank * share, stage.batch_size))  # fmt: skip
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        loss = train_step(step_model, criterion, optimizer, scaler, images, targets, amp,
+                          args.aux_weight, dist_info.world_size)  # fmt: skip
+        if ema is not None:
+            ema.update(bare_net(model))
+        return loss
+
+    if args.benchmark_steps:
+        return benchmark(step, run.iteration, args.benchmark_steps, schedule, device)
     if dist_info.is_main:
-        args.output_dir.mkdir(parents=True, exist_ok=True)
-        (args.output_dir / "args.yaml").write_text(yaml.safe_dump(tu.jsonable_args(args)))
-    log = (
-        TrainLogProxy(tu.TrainLog(args.output_dir, state.iteration if checkpoint else None))
-        if dist_info.is_main
-        else TrainLogProxy(None)
-    )
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "args.yaml").write_text(yaml.safe_dump(jsonable_args(args)))
+    log = logs.TrainLog(out, run.iteration if run.last_saved else None) \
+        if dist_info.is_main else None  # fmt: skip
+    eval_model = ema.module if ema is not None else bare_net(model)
 
-    loop = TrainingLoop(
-        args, device, dist_info, model, model_without_ddp, optimizer, scheduler, scaler,
-        state, log, info, input_size, amp, channels_last,
-        make_train_loader(train_set, args, dist_info, state.iteration),
-        make_val_loader(val_set, args, dist_info),
-    )  # fmt: skip
-    try:
-        summary = loop.run()
-    finally:
+    def save() -> None:
+        if not all(torch.isfinite(p).all() for p in model.parameters()):
+            last = run.last_saved or "none written yet"
+            raise TrainingError(f"weights are not finite after iteration {run.iteration}; "
+                                f"training stopped (last good state: {last}; resume it with "
+                                "a lower LR)")
+        if dist_info.is_main:
+            run.last_saved = save_state(out / "checkpoint.pth", run, model, ema, optimizer,
+                                        scaler, args)  # fmt: skip
+            save_weights(out / "ema.safetensors", eval_model,
+                         weights_meta(info, args, input_size, run, run.schedule))
+
+    def curve_point() -> None:
+        matrices = evaluate(eval_model, eval_bank, info, device, amp, rank=dist_info.rank,
+                            world_size=dist_info.world_size)  # fmt: skip
+        run.last_eval = {"miou": matrices.total().compute()["miou"]} | {
+            f"miou_{name}": m.compute()["miou"] for name, m in matrices.groups.items()}
+        LOG.info("iteration %d: %s %s (curve only, never used for selection)",
+                 run.iteration, args.eval_split, ", ".join(
+                     f"{k} {v:.4f}" for k, v in run.last_eval.items()))  # fmt: skip
+
+    stop_reason = loop(args, run, step, save, curve_point if eval_bank else None, log,
+                       len(bank))  # fmt: skip
+    schedule = run.schedule
+    if log is not None:
         log.close()
+    summary = {"stop_reason": stop_reason, "iterations": run.iteration,
+               "total_iterations": schedule.total_iterations,
+               "epochs": schedule.epochs_done(run.iteration, len(bank)),
+               "elapsed_s": round(run.elapsed_s, 1), "last_eval": run.last_eval,
+               "output_dir": str(out)}  # fmt: skip
+    if dist_info.is_main:
+        if stop_reason == "completed":
+            meta = weights_meta(info, args, input_size, run, schedule)
+            save_weights(out / "final.safetensors", eval_model, meta)
+            if args.export_fp16:
+                save_weights(out / "final_fp16.safetensors", eval_model, meta,
+                             dtype=torch.float16)  # fmt: skip
+        logs.save_json(out / "summary.json", summary)
+    LOG.info("%s after %d of %d iterations (%.1f epochs, %.2f h in all) -> %s", stop_reason,
+             run.iteration, schedule.total_iterations, summary["epochs"],
+             run.elapsed_s / 3600, out)  # fmt: skip
     return summary
 
 
-class TrainLogProxy:
-    """The rank-0 training log, or nothing on the other ranks."""
+def loop(args, run: Run, step, save, curve_point, log, num_samples: int) -> str:
+    """Iterate to the end of the schedule or of the time budget; log, evaluate, save."""
+    started = clock = time.monotonic()
+    rate = budget.RateMeter()
+    budget_s = args.max_minutes * 60 if args.max_minutes else math.inf
+    first = run.iteration
+    while run.iteration < run.schedule.total_iterations:
+        run.losses.append(step(run.iteration))
+        run.iteration += 1
+        it, now = run.iteration, time.monotonic()
+        run.elapsed_s, clock = run.elapsed_s + now - clock, now
+        rate.observe(now, it)
+        per_iteration = rate.seconds_per_iteration(now, it)
+        if args.fit_schedule and per_iteration and it - first in (20, 100, 500, 2000):
+            fitted = budget.fitted_total(it, run.schedule.total_iterations, per_iteration,
+                                         budget_s - (now - started), 0.03 * budget_s)
+            if fitted != run.schedule.total_iterations:
+                LOG.info("time budget: schedule set to %d iterations (%.3f s/iteration)",
+                         fitted, per_iteration)  # fmt: skip
+                run.schedule = run.schedule.with_total(fitted)
+        done = it >= run.schedule.total_iterations
+        out_of_time = not done and (
+            budget.stretch_should_stop(now - started, budget_s, per_iteration,
+                                       0.02 * min(budget_s, 3600))
+            or bool(args.stretch_iters and it - first >= args.stretch_iters))  # fmt: skip
+        if it % args.print_freq == 0 or done or out_of_time:
+            loss = check_losses(run)
+            if log is not None:
+                log.write({"iteration": it, "loss": loss, "lr": run.lr,
+                           "epoch": round(run.schedule.epochs_done(it, num_samples), 3),
+                           "elapsed_s": round(run.elapsed_s, 1)})  # fmt: skip
+            run.losses = []
+        if curve_point and (done or args.eval_every and it % args.eval_every == 0):
+            curve_point()
+            if log is not None:
+                log.write({"iteration": it} | {f"eval_{k}": v for k, v in run.last_eval.items()})
+        if done or out_of_time or (args.ckpt_every and it % args.ckpt_every == 0):
+            check_losses(run)
+            save()
+        if out_of_time:
+            return "stretch ended"
+    return "completed"
 
-    def __init__(self, log: tu.TrainLog | None):
-        self.log = log
 
-    def write(self, row: dict[str, Any]) -> None:
-        if self.log is not None:
-            self.log.write(row)
+def check_losses(run: Run) -> float:
+    """Mean of the losses since the last log row; a non-finite one stops training, naming its
+    iteration and the last good state file."""
+    if not run.losses:
+        return math.nan
+    values = torch.stack(run.losses).float().cpu()
+    bad = (~torch.isfinite(values)).nonzero()
+    if len(bad):
+        iteration = run.iteration - len(values) + 1 + int(bad[0, 0])
+        last = run.last_saved or "none written yet"
+        raise TrainingError(f"loss is {values[bad[0, 0]].item()} at iteration {iteration}; "
+                            f"training stopped (last good state: {last}; resume it with a "
+                            "lower LR)")
+    return values.mean().item()
 
-    def close(self) -> None:
-        if self.log is not None:
-            self.log.close()
 
+def benchmark(step, start: int, steps: int, schedule: Schedule, device) -> dict[str, Any]:
+    """Time ``steps`` training steps after 5 warm-up steps; print iterations/s and images/s."""
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
 
-class TrainingLoop:
-    """The iteration loop and its periodic actions (log, evaluate, checkpoint, time budget).
-
-    A class only to keep the many pieces of run state together; the work is done by the free
-    functions above.
-    """
-
-    def __init__(
-        self, args, device, dist_info, model, model_without_ddp, optimizer, scheduler, scaler,
-        state, log, info, input_size, amp, channels_last, train_loader, val_loader,
-    ):  # fmt: skip
-        self.args, self.device, self.dist = args, device, dist_info
-        self.model, self.bare = model, model_without_ddp
-        self.optimizer, self.scheduler, self.scaler = optimizer, scheduler, scaler
-        self.state, self.log, self.info = state, log, info
-        self.input_size, self.amp, self.channels_last = input_size, amp, channels_last
-        self.train_loader, self.val_loader = train_loader, val_loader
-        self.criterion = nn.CrossEntropyLoss(
-            weight=loss_weights(args, train_loader.dataset, device),
-            ignore_index=info.ignore_index, reduction="sum",
-        )  # fmt: skip
-        self.total_iters = args.iters
-        self.start_iteration = state.iteration
-        self.loop_start = self.clock_start = time.monotonic()
-        self.deadline = self.loop_start + args.max_minutes * 60 if args.max_minutes else None
-        # (time, iteration) after the first iteration: the speed estimate leaves out the first
-        # one, which carries cuDNN autotuning and loader start-up (51 s on an H200 vs 0.13 s).
-        self.rate_start: tuple[float, int] | None = None
-        self.last_eval_s = 0.0
-        self.last_lr = math.nan
-        self.last_miou = math.nan
-
-    @property
-    def elapsed_s(self) -> float:
-        return self.state.elapsed_s + time.monotonic() - self.clock_start
-
-    def run(self) -> dict[str, Any]:
-        self.model.train()
-        progress = tqdm(
-            total=self.total_iters, initial=self.state.iteration, disable=not self.dist.is_main,
-            desc="train", dynamic_ncols=True, mininterval=2.0,
-        )  # fmt: skip
-        self.progress = progress
-        try:
-            stop_reason = self._loop(progress)
-        finally:
-            progress.close()
-        return self._finish(stop_reason)
-
-    def _loop(self, progress: tqdm) -> str:
-        args, state = self.args, self.state
-        batches = iter(self.train_loader)
-        window: list[float] = []
-        stop_reason = "completed"
-        evaluated_at = -1
-        while state.iteration < self.total_iters:
-            images, targets = next(batches)
-            window.append(self._step(images, targets))
-            state.iteration += 1
-            if self.rate_start is None:
-                self.rate_start = (time.monotonic(), state.iteration)
-            progress.update(1)
-            it = state.iteration
-            stop = self._out_of_time()
-            if stop:
-                stop_reason = "time budget"
-            last = stop or it >= self.total_iters
-            if args.eval_every and it % args.eval_every == 0 or last:
-                self._evaluate_and_keep_best()
-                evaluated_at = it
-            if it % args.print_freq == 0 or evaluated_at == it:
-                progress.set_postfix(
-                    loss=f"{window[-1]:.4f}", lr=f"{self.last_lr:.3g}", refresh=False
-                )
-                self._log_row(it, sum(window) / len(window), evaluated_at == it)
-                window = []
-            if args.fit_schedule and self.deadline:
-                self._maybe_fit_schedule(evaluated_at == it)
-            if args.ckpt_every and it % args.ckpt_every == 0 or last or it >= self.total_iters:
-                self._checkpoint()
-            if stop:
-                break
-        return stop_reason
-
-    def _step(self, images: torch.Tensor, targets: torch.Tensor) -> float:
-        images = images.to(self.device, non_blocking=True)
-        targets = targets.to(self.device, non_blocking=True)
-        if self.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        try:
-            loss = train_one_iteration(
-                self.model, self.criterion, self.optimizer, self.scaler, images, targets,
-                self.amp, self.dist.world_size,
-            )  # fmt: skip
-        except FloatingPointError as exc:
-            last = self.state.last_checkpoint
-            where = (
-                f"last good checkpoint: {last} (resume with --resume {last} and a lower LR)"
-                if last
-                else "no checkpoint was written yet"
-            )
-            raise tu.TrainingError(
-                f"loss is {exc.args[0]} at iteration {self.state.iteration + 1}; training "
-                f"stopped ({where})"
-            ) from None
-        self.last_lr = self.optimizer.param_groups[0]["lr"]
-        self.scheduler.step()
-        return loss
-
-    def _out_of_time(self) -> bool:
-        if self.deadline is None:
-            return False
-        flag = torch.tensor([float(time.monotonic() >= self.deadline)], device=self.device)
-        return bool(tu.all_reduce_sum(flag).item() > 0)
-
-    def _evaluate_and_keep_best(self) -> None:
-        start = time.monotonic()
-        matrix = evaluate(
-            self.bare, self.val_loader, self.device, self.info.num_classes,
-            self.info.ignore_index, self.amp, self.channels_last, self.dist.is_main,
-        )  # fmt: skip
-        self.last_eval_s = time.monotonic() - start
-        scores = matrix.compute()
-        self.last_miou = scores["miou"]
-        it = self.state.iteration
-        LOG.info(
-            "iteration %d: val mIoU %.4f, pixel accuracy %.4f (%.1f s)",
-            it, scores["miou"], scores["pixel_accuracy"], self.last_eval_s,
-        )  # fmt: skip
-        if scores["miou"] > self.state.best_miou:
-            self.state.best_miou, self.state.best_iteration = scores["miou"], it
-            if self.dist.is_main:
-                meta = model_meta(self.info, self.args, self.input_size, scores["miou"], it)
-                save_checkpoint(self.args.output_dir / "best.safetensors", self.bare, meta)
-
-    def _log_row(self, it: int, loss: float, with_eval: bool) -> None:
-        self.log.write(
-            {
-                "iteration": it,
-                "loss": loss,
-                "lr": self.last_lr,
-                "val_miou": self.last_miou if with_eval else None,
-                "elapsed_s": round(self.elapsed_s, 2),
-            }
-        )
-
-    def _checkpoint(self) -> None:
-        self.state.elapsed_s, self.clock_start = self.elapsed_s, time.monotonic()
-        if self.dist.is_main:
-            save_training_checkpoint(
-                self.args.output_dir, self.state, self.bare, self.optimizer, self.scheduler,
-                self.scaler, self.args, self.dist.world_size,
-            )  # fmt: skip
-        self.state.last_checkpoint = self.args.output_dir / "checkpoint.pth"
-
-    def _maybe_fit_schedule(self, just_evaluated: bool) -> None:
-        """Shorten the schedule so the poly LR reaches zero within the time budget. Decided on
-        rank 0 at 20 and 100 iterations and after each evaluation (single-process runs; under
-        torchrun every rank would need the same decision, so it is not used there)."""
-        done = self.state.iteration - self.start_iteration
-        if self.dist.distributed or not (done in (20, 100) or (just_evaluated and done > 20)):
-            return
-        if self.state.iteration >= self.total_iters:
-            return  # the schedule is complete: never reopen it (the LR already reached zero)
-        now = time.monotonic()
-        rate_time, rate_iteration = self.rate_start  # set after the first iteration
-        per_iter = (now - rate_time) / max(1, self.state.iteration - rate_iteration)
-        # Room for the final evaluation and saves: 1.5 evaluations, at least 2 % of the budget.
-        reserve = max(self.last_eval_s * 1.5, 0.02 * self.args.max_minutes * 60)
-        fitted = self.state.iteration + int((self.deadline - now - reserve) / per_iter)
-        fitted = min(self.args.iters, fitted)
-        it = self.state.iteration
-        if not just_evaluated:
-            fitted = max(it + 1, fitted)
-        elif fitted <= it + 1:
-            # Nothing useful fits any more: end on the evaluation just made, instead of
-            # re-fitting to one more iteration (and evaluating again) until the deadline.
-            fitted = it
-        if fitted == self.total_iters:
-            return
-        if fitted == it:
-            LOG.info("time budget: ending at iteration %d (just evaluated)", fitted)
-        else:
-            LOG.info(
-                "time budget: schedule set to %d iterations (%.2f s/iteration)", fitted, per_iter
-            )
-        self.total_iters = fitted
-        self.scheduler.lr_lambdas[0].max_iters = fitted
-        self.progress.total = fitted
-
-    def _finish(self, stop_reason: str) -> dict[str, Any]:
-        args, state = self.args, self.state
-        summary = {
-            "stop_reason": stop_reason,
-            "iterations": state.iteration,
-            "scheduled_iterations": self.total_iters,
-            "best_miou": state.best_miou,
-            "best_iteration": state.best_iteration,
-            "final_miou": self.last_miou,
-            "elapsed_s": round(self.elapsed_s, 1),
-            "output_dir": str(args.output_dir),
-        }
-        if self.dist.is_main:
-            meta = model_meta(self.info, args, self.input_size, self.last_miou, state.iteration)
-            save_checkpoint(args.output_dir / "final.safetensors", self.bare, meta)
-            if not (args.output_dir / "best.safetensors").is_file():
-                LOG.warning("validation mIoU was never defined; best.safetensors = final weights")
-                save_checkpoint(args.output_dir / "best.safetensors", self.bare, meta)
-            if args.export_fp16:
-                best, best_meta = load_checkpoint(args.output_dir / "best.safetensors")
-                save_checkpoint(
-                    args.output_dir / "best_fp16.safetensors", best, best_meta,
-                    dtype=torch.float16,
-                )  # fmt: skip
-            tu.save_json(args.output_dir / "summary.json", summary)
-        LOG.info(
-            "done (%s) after %d iterations: best val mIoU %.4f at iteration %d -> %s",
-            stop_reason, state.iteration, state.best_miou, state.best_iteration,
-            args.output_dir / "best.safetensors",
-        )  # fmt: skip
-        return summary
+    for i in range(5):
+        step(start + i)
+    sync()
+    began = time.perf_counter()
+    for i in range(steps):
+        step(start + 5 + i)
+    sync()
+    seconds = time.perf_counter() - began
+    batch = schedule.stage(start).batch_size
+    result = {"iterations_per_s": steps / seconds, "images_per_s": steps * batch / seconds,
+              "batch_size": batch, "crop_size": list(schedule.stage(start).augment.crop_size),
+              "device": str(device), "steps": steps}  # fmt: skip
+    print(f"benchmark: {result['iterations_per_s']:.2f} iterations/s, "
+          f"{result['images_per_s']:.1f} images/s (batch {batch}, crop "
+          f"{result['crop_size'][0]}x{result['crop_size'][1]}, {device})", flush=True)
+    return result
 
 
 def cli(argv: list[str] | None = None) -> int:
-    """Command-line entry: clear one-line errors instead of tracebacks for expected failures."""
+    """Command-line entry: one-line errors instead of tracebacks for expected failures."""
     try:
         main(parse_args(argv))
-    except (tu.TrainingError, DatasetError, CheckpointError, FileNotFoundError) as exc:
+    except (TrainingError, RecipeError, DatasetError, CheckpointError, FileNotFoundError) as exc:
         print(f"train.py: error: {exc}", file=sys.stderr)
         return 1
     return 0

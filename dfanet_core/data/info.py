@@ -47,6 +47,13 @@ class DatasetInfo:
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    @staticmethod
+    def sequence_of(stem: str) -> str:
+        """The recording an image belongs to, from its file stem: the CamVid sequence
+        (``Seq05VD_f00000`` -> ``Seq05VD``, ``0001TP_006690`` -> ``0001TP``), the Cityscapes city
+        (``aachen_000000_000019`` -> ``aachen``); per-sequence scores group by it."""
+        return stem.split("_", 1)[0]
+
     def meta(self) -> dict[str, Any]:
         """The dataset part of a checkpoint's metadata (see ``dfanet_core.save_checkpoint``)."""
         return {

@@ -126,6 +126,10 @@ class DFANet(nn.Module):
         return [b.stage_info + (self._tail_info(b),) for b in self.backbones]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_with_tails(x)[0]
+
+    def forward_with_tails(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Logits at the input size and every backbone's attended tail (for deep supervision)."""
         out_size = (x.shape[-2], x.shape[-1])
         lows, tails = [], []
         stages, tail = self.backbones[0](x)
@@ -137,4 +141,4 @@ class DFANet(nn.Module):
             stages, tail = backbone(resize_to(tail, stages[0]), lateral=stages)
             lows.append(stages[self.config.low_level_stage])
             tails.append(tail)
-        return self.decoder(lows, tails, out_size)
+        return self.decoder(lows, tails, out_size), tails

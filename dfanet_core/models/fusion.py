@@ -50,3 +50,38 @@ def fuse_conv_bn(model: nn.Module, clamp_to_fp16: bool = True) -> nn.Module:
 def count_batch_norms(model: nn.Module) -> int:
     """How many ``BatchNorm2d`` layers are left (0 after :func:`fuse_conv_bn` on DFANet)."""
     return sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+
+
+@torch.no_grad()
+def fp16_range_report(
+    model: nn.Module, images: list, mean: list[float], std: list[float]
+) -> dict[str, float | bool | int]:
+    """Is ``model`` deployable in float16 *without* clamping? Folds batch norm (no clamp) and
+    returns the largest fused weight and the largest activation of any layer over ``images``
+    (RGB uint8 arrays, run at their own size in float32)."""
+    from ..deploy.preprocess import plan_placement, preprocess_torch
+
+    fused = fuse_conv_bn(model.float().cpu(), clamp_to_fp16=False)
+    max_weight = max(p.abs().max().item() for p in fused.parameters())
+    peak = [0.0]
+
+    def record(_module, _inputs, output):
+        if isinstance(output, torch.Tensor) and output.is_floating_point():
+            peak[0] = max(peak[0], output.abs().max().item())
+
+    hooks = [m.register_forward_hook(record) for m in fused.modules() if not list(m.children())]
+    try:
+        for image in images:
+            size = image.shape[:2]
+            x = preprocess_torch([image], [plan_placement(size, size, "stretch")], size, mean,
+                                 std, "RGB", torch.device("cpu"))  # fmt: skip
+            fused(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return {
+        "max_abs_weight": max_weight,
+        "max_abs_activation": peak[0],
+        "images": len(images),
+        "within_fp16": bool(max_weight < FP16_MAX and peak[0] < FP16_MAX),
+    }
