@@ -305,3 +305,10 @@ def test_gpu_train_script_packs_camvid_and_trains_side_by_side(camvid_root, tmp_
         assert not names & {"checkpoint.pth", "final.safetensors", "ema.safetensors"}
     args = (tmp_path / "runs" / "gpu_b_ohem" / "args.yaml").read_text()
     assert "loss: ohem" in args and "model: dfanet_b" in args
+    bench = subprocess.run(
+        ["bash", str(script), "bench", str(payload), str(out), "camvid_b_scratch"],
+        env={**env, "GPU_TRAIN_ARGS": tiny, "GPU_BENCH_STEPS": "2"},
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert bench.returncode == 0, bench.stdout + bench.stderr
+    assert "iterations/s" in (out / "benchmark.txt").read_text()

@@ -3,6 +3,7 @@
 # network, only the repository copied over), several variants side by side on the one GPU.
 #
 #   bash training/gpu_train.sh pack [DEST] [JPEG_QUALITY]      # on the development machine
+#   bash training/gpu_train.sh bench DATA OUT RECIPE...       # on the GPU: iterations/s
 #   bash training/gpu_train.sh run DATA MINUTES OUT "LABEL=RECIPE [flags]"...  # on the GPU
 #
 # pack: CamVid's train+val PNGs (119 MB) do not fit the 64 MiB a device call carries, so this
@@ -55,6 +56,22 @@ for split in ("train", "val"):
 print(f"packed into {dest}: {total / 2**20:.1f} MiB (JPEG quality {quality} + label PNGs)")
 EOF
     ;;
+bench)
+    # bench DATA OUT RECIPE...: iterations/s of each recipe alone (--benchmark-steps 100; the
+    # timed steps report any host synchronisation as a warning), into OUT/benchmark.txt.
+    data=$2 out=$3
+    shift 3
+    PYTHON=${PYTHON:-python3}
+    export PYTHONPATH="$(pwd)${PYTHONPATH:+:$PYTHONPATH}"
+    mkdir -p "$out"
+    for recipe in "$@"; do
+        echo "== $recipe" | tee -a "$out/benchmark.txt"
+        # shellcheck disable=SC2086
+        "$PYTHON" training/train.py --recipe $recipe --data-root "$data" --eval-split "" \
+            --benchmark-steps ${GPU_BENCH_STEPS:-100} ${GPU_TRAIN_ARGS:-} 2>&1 \
+            | grep -vE "^\s*$" | tail -n 12 | tee -a "$out/benchmark.txt"
+    done
+    ;;
 run)
     if (( $# < 5 )); then
         echo "usage: $0 run DATA MINUTES OUT \"LABEL=RECIPE [flags]\"..." >&2
@@ -99,7 +116,8 @@ torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU')" 2>&1
     exit $status
     ;;
 *)
-    echo "usage: $0 pack [DEST] [JPEG_QUALITY] | run DATA MINUTES OUT \"LABEL=RECIPE [flags]\"..." >&2
+    echo "usage: $0 pack [DEST] [JPEG_QUALITY] | bench DATA OUT RECIPE... |" \
+         "run DATA MINUTES OUT \"LABEL=RECIPE [flags]\"..." >&2
     exit 2
     ;;
 esac

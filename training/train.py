@@ -107,7 +107,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     add("--warmup-iters", type=int, default=0)
     add("--warmup-factor", type=float, default=0.1)
     add("--ema-decay", type=float, default=0.0, help="EMA of the weights (0: ship the raw ones)")
-    add("--amp", action="store_true", help="autocast (bfloat16 unless --amp-dtype float16)")
+    add("--amp", action=argparse.BooleanOptionalAction, default=False,
+        help="autocast (bfloat16 unless --amp-dtype float16); --no-amp overrides a recipe")
     add("--amp-dtype", default="auto", choices=["auto", "bfloat16", "float16"])
     add("--channels-last", default="auto", choices=["auto", "on", "off"],
         help="auto: on for CUDA only (fp32 channels_last training crashed torch 2.13 on CPU)")
@@ -581,9 +582,13 @@ def benchmark(step, start: int, steps: int, schedule: Schedule, device) -> dict[
     for i in range(5):
         step(start + i)
     sync()
+    if device.type == "cuda":  # report every host synchronisation inside a step
+        torch.cuda.set_sync_debug_mode("warn")
     began = time.perf_counter()
     for i in range(steps):
         step(start + 5 + i)
+    if device.type == "cuda":
+        torch.cuda.set_sync_debug_mode("default")
     sync()
     seconds = time.perf_counter() - began
     batch = schedule.stage(start).batch_size

@@ -159,9 +159,13 @@ def warp(
     return warped + fill, sampled
 
 
-def photometric(images: torch.Tensor, params: AugmentParams) -> torch.Tensor:
-    """Brightness, contrast and saturation jitter of float RGB images (0-255), clamped."""
-    luma_weights = images.new_tensor(_LUMA).view(1, 3, 1, 1)
+def photometric(
+    images: torch.Tensor, params: AugmentParams, luma_weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Brightness, contrast and saturation jitter of float RGB images (0-255), clamped.
+    ``luma_weights`` (1, 3, 1, 1) may be passed pre-made on the device (no host copy per call)."""
+    if luma_weights is None:
+        luma_weights = images.new_tensor(_LUMA).view(1, 3, 1, 1)
     images = images * params.brightness.view(-1, 1, 1, 1)
     gray = (images * luma_weights).sum(dim=1, keepdim=True)
     mean_gray = gray.mean(dim=(2, 3), keepdim=True)
@@ -174,12 +178,15 @@ def photometric(images: torch.Tensor, params: AugmentParams) -> torch.Tensor:
 
 
 def normalize(
-    images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]
+    images: torch.Tensor,
+    mean: tuple[float, ...] | torch.Tensor,
+    std: tuple[float, ...] | torch.Tensor,
 ) -> torch.Tensor:
-    """Float RGB 0-255 -> ``(x / 255 - mean) / std`` per channel."""
-    mean_t = images.new_tensor(mean).view(1, 3, 1, 1) * 255.0
-    std_t = images.new_tensor(std).view(1, 3, 1, 1) * 255.0
-    return (images - mean_t) / std_t
+    """Float RGB 0-255 -> ``(x / 255 - mean) / std`` per channel (``mean``/``std`` on the 0-1
+    scale, as tuples or as tensors already on the images' device)."""
+    mean_t = torch.as_tensor(mean, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
+    std_t = torch.as_tensor(std, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
+    return (images - mean_t * 255.0) / (std_t * 255.0)
 
 
 class BatchAugment:
@@ -189,6 +196,19 @@ class BatchAugment:
     def __init__(self, config: AugmentConfig):
         self.config = config
         self._jitter = bool(config.brightness or config.contrast or config.saturation)
+        # Constants per device, made once: building a tensor from a Python list on a GPU is a
+        # host-to-device copy that synchronises, which a training step must not do.
+        self._constants: dict[torch.device, tuple[torch.Tensor, ...]] = {}
+
+    def constants(self, device: torch.device) -> tuple[torch.Tensor, ...]:
+        """(fill colour 0-255 (3,), mean (3,), std (3,), luma weights (1, 3, 1, 1)) on device."""
+        if device not in self._constants:
+            cfg = self.config
+            mean = torch.tensor(cfg.mean, dtype=torch.float32, device=device)
+            std = torch.tensor(cfg.std, dtype=torch.float32, device=device)
+            luma = torch.tensor(_LUMA, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+            self._constants[device] = (mean * 255.0, mean, std, luma)
+        return self._constants[device]
 
     def __repr__(self) -> str:
         return f"BatchAugment({self.config})"
@@ -219,8 +239,8 @@ class BatchAugment:
             end = start + images.shape[0]
             params = AugmentParams(*(getattr(params, f.name)[start:end] for f in fields(params)))
         theta = affine_theta(params, image_size, cfg.crop_size)
-        fill = images.new_tensor(cfg.mean, dtype=torch.float32) * 255.0
+        fill, mean, std, luma = self.constants(images.device)
         warped, targets = warp(images, labels, theta, cfg.crop_size, fill, cfg.ignore_index)
         if self._jitter:
-            warped = photometric(warped, params)
-        return normalize(warped, cfg.mean, cfg.std), targets
+            warped = photometric(warped, params, luma)
+        return normalize(warped, mean, std), targets
