@@ -21,9 +21,6 @@ import time
 import traceback
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
-
 LOG = logging.getLogger("gpu_check")
 #: What the repository imports somewhere; the GPU machine may lack some (no network there).
 MODULES = (
@@ -45,9 +42,9 @@ MIN_AGREEMENT = 0.995
 
 
 def write_json(path: Path, obj: object) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    tmp.replace(path)
+    from dfanet_core.files import atomic_write_text
+
+    atomic_write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
 
 
 def step_env(out: Path) -> dict:
@@ -80,31 +77,20 @@ def step_env(out: Path) -> dict:
 
 def _checkpoint(workdir: Path) -> tuple[Path, str]:
     """Shipped weights when present, else a seeded untrained dfanet_b with CamVid meta."""
-    from dfanet_core.checkpoint import default_checkpoint
+    from dfanet_core.checkpoint import shipped_or_untrained
 
-    shipped = default_checkpoint()
-    if shipped is not None:
-        return shipped, f"shipped weights {shipped.name}"
-    import torch
-
-    from dfanet_core import create_model, save_checkpoint
-    from dfanet_core.checkpoint import default_meta
-
-    torch.manual_seed(0)
-    model = create_model("dfanet_b", num_classes=11).eval()
-    meta = default_meta("dfanet_b", 11, input_size=[360, 480], dataset="camvid")
-    path = save_checkpoint(workdir / "untrained_dfanet_b.safetensors", model, meta)
+    path, trained = shipped_or_untrained(workdir)
+    if trained:
+        return path, f"shipped weights {path.name}"
     return path, "untrained dfanet_b (seed 0): no weights/*.safetensors in the repository"
 
 
 def _load_images(folder: Path) -> list:
+    from dfanet_core.files import list_images
     from dfanet_core.imaging import read_image
 
-    candidates = [folder / "test", folder] if (folder / "test").is_dir() else [folder]
-    paths = sorted(p for p in candidates[0].iterdir() if p.suffix.lower() in (".png", ".jpg"))
-    if not paths:
-        raise FileNotFoundError(f"no .png/.jpg images in {candidates[0]}")
-    return [read_image(p) for p in paths]
+    return [read_image(p) for p in list_images(folder / "test" if (folder / "test").is_dir()
+                                               else folder)]
 
 
 def step_parity(out: Path, images_dir: Path, device: str = "cuda") -> dict:
@@ -199,14 +185,16 @@ def step_report(out: Path) -> str:
             )
     else:
         lines += ["```json", json.dumps(parity, indent=2), "```"]
-    lines += ["", "## Throughput (python -m dfanet_core.bench)", ""]
+    lines += ["", "## Throughput (python bench/backend_latency.py)", ""]
     lines += [bench.get("table_markdown", "```json\n" + json.dumps(bench, indent=2) + "\n```")]
     tests = out / "gpu_tests.txt"
     if tests.is_file():
         tail = tests.read_text().strip().splitlines()[-15:]
         lines += ["", "## GPU-marked tests (tail)", "", "```", *tail, "```"]
     text = "\n".join(lines) + "\n"
-    (out / "gpu_check.md").write_text(text)
+    from dfanet_core.files import atomic_write_text
+
+    atomic_write_text(out / "gpu_check.md", text)
     return text
 
 

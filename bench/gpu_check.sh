@@ -95,7 +95,7 @@ FAILED=()
 
 run_step env 45 "$PYTHON" bench/gpu_check.py env --out "$OUT"
 run_step parity 100 "$PYTHON" bench/gpu_check.py parity --out "$OUT" --images "$IMAGES"
-run_step bench 150 "$PYTHON" -m dfanet_core.bench \
+run_step bench 150 "$PYTHON" bench/backend_latency.py \
     --variants dfanet_a dfanet_b --sizes 1024x1024 512x1024 --batches 1 4 \
     --backends torch-cuda torch-fp16 torch-fp16-graphs tensorrt-fp16 --baseline torch-cuda \
     --warmup 5 --min-iters 20 --max-iters 200 --budget-s 2 --settle-ms 0 \

@@ -1,7 +1,8 @@
 """End-to-end latency of segment_node (publish -> mask received) against the bare Segmenter, at
 camera resolution, on the CPU backend, in one run.
 
-    python bench/node_latency.py [--frames 30] [--size 1024 2048] [--checkpoint C] [--out F.json]
+    python bench/node_latency.py [--frames 30] [--size 1024 2048] [--checkpoint C] [--threads N]
+        [--out outputs/bench/node_latency.json]
 
 Not a test: it measures. The node runs in its own process; this process publishes frames one at a
 time and waits for each mask (ping-pong, so the numbers are latencies, not queueing), and runs
@@ -19,10 +20,8 @@ Prints a table and writes the numbers (and the node's own per-stage diagnostics)
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
-import platform
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -31,21 +30,16 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
-
-from dfanet_core.imaging import atomic_write_bytes, read_image  # noqa: E402
-from dfanet_ros.demo import resolve_checkpoint  # noqa: E402
-from dfanet_ros.harness import (  # noqa: E402
-    HarnessError,
-    NodeProcess,
-    SegmentationClient,
-    apply_ros_environment,
-    ros_environment,
-)
+from dfanet_core.checkpoint import shipped_or_untrained
+from dfanet_core.deploy.options import add_runtime_arguments, options_from_args
+from dfanet_core.files import atomic_write_json, list_images
+from dfanet_core.imaging import read_image
+from dfanet_core.paths import data_root
+from dfanet_core.reports import machine_description, summarize_ms
+from dfanet_ros.graph import NodeError, NodeProcess, apply_ros_environment, ros_environment
+from dfanet_ros.testing import SegmentationClient
 
 LOG = logging.getLogger("node_latency")
-CAMVID_TEST = REPO_ROOT.parent / "shared" / "data" / "camvid" / "test"
 SETUPS = {
     "best_effort_large_data": {"discovery": "SUBNET", "input_qos": "SENSOR_DATA"},
     "reliable_localhost": {"discovery": "LOCALHOST", "input_qos": "DEFAULT"},
@@ -54,18 +48,13 @@ NODE_STAGES = ("decode", "preprocess", "inference", "postprocess", "publish", "q
                "processing_time", "node_latency")
 
 
-def summary_ms(values: Sequence[float]) -> dict[str, float | int]:
-    data = np.asarray(values, np.float64)
-    return {"count": int(data.size), "mean": float(data.mean()),
-            "p50": float(np.percentile(data, 50)), "p99": float(np.percentile(data, 99)),
-            "max": float(data.max())}
-
-
 def camera_frames(count: int, height: int, width: int) -> list[np.ndarray]:
     """CamVid test frames scaled to the camera size (real content), or noise without CamVid."""
-    paths = sorted(CAMVID_TEST.glob("*.png"))[:count]
-    if not paths:
-        LOG.warning("CamVid not found under %s: using random frames", CAMVID_TEST)
+    folder = data_root("camvid") / "test"
+    try:
+        paths = list_images(folder, limit=count)
+    except (FileNotFoundError, ValueError):
+        LOG.warning("CamVid not found under %s: using random frames", folder)
         rng = np.random.default_rng(0)
         return [rng.integers(0, 256, (height, width, 3), np.uint8) for _ in range(count)]
     return [cv2.resize(read_image(p), (width, height), interpolation=cv2.INTER_LINEAR)
@@ -80,8 +69,10 @@ def bench(setup: str, segmenter, checkpoint: Path, frames: list[np.ndarray], arg
     env = ros_environment(args.domain_id, workdir / "ros_log",
                           discovery_range=config["discovery"])
     apply_ros_environment(env)
-    params = {"checkpoint": str(checkpoint), "backend": "onnxruntime",
-              "engine_cache_dir": str(args.cache_dir), "threads": args.threads,
+    options = options_from_args(args)
+    params = {"checkpoint": str(checkpoint), "backend": options.backend,
+              "engine_cache_dir": str(options.onnx_cache_dir or ""),
+              "threads": options.intra_op_threads or 0,
               "input_qos": config["input_qos"], "publish_color": False,
               "max_input_pixels": 100_000_000, "diagnostics_period_s": 0.25}
     reliable = config["input_qos"] == "DEFAULT"
@@ -94,7 +85,7 @@ def bench(setup: str, segmenter, checkpoint: Path, frames: list[np.ndarray], arg
             if _ping(client, node, frames[warm % len(frames)]) is None:
                 lost += 1
                 if lost > 50:
-                    raise HarnessError(f"{setup}: no mask came back for 50 frames")
+                    raise NodeError(f"{setup}: no mask came back for 50 frames")
             else:
                 warm += 1
         latencies, bare, lost = [], {}, 0
@@ -114,8 +105,8 @@ def bench(setup: str, segmenter, checkpoint: Path, frames: list[np.ndarray], arg
         name: {stat: float(node_values[f"{name}_ms_{stat}"]) for stat in ("mean", "p50", "p99")}
         for name in NODE_STAGES
     }
-    return {"bare_segmenter_ms": {k: summary_ms(v) for k, v in bare.items()},
-            "end_to_end_ms": summary_ms(latencies), "lost_in_transport": lost,
+    return {"bare_segmenter_ms": {k: summarize_ms(v) for k, v in bare.items()},
+            "end_to_end_ms": summarize_ms(latencies), "lost_in_transport": lost,
             "node_stages_ms": node_stages, "environment": config}
 
 
@@ -124,7 +115,7 @@ def _ping(client: SegmentationClient, node: NodeProcess, frame: np.ndarray) -> f
     stamp = client.publish_image(frame)
     try:
         client.wait_mask(stamp, node, timeout_s=5.0)
-    except HarnessError:
+    except NodeError:
         node.check_alive()
         return None
     return client.latencies_ms()[stamp]
@@ -158,12 +149,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--size", type=int, nargs=2, default=(1024, 2048),
                         metavar=("HEIGHT", "WIDTH"), help="camera frame size")
     parser.add_argument("--checkpoint", help="default: shipped weights, else untrained")
-    parser.add_argument("--threads", type=int, default=0, help="inference threads (0: default)")
-    parser.add_argument("--cache-dir", type=Path,
-                        default=Path(tempfile.gettempdir()) / "dfanet_bench_cache")
+    add_runtime_arguments(parser, default_backend="onnxruntime",
+                          threads_help="inference threads (default: the backend's)")
     parser.add_argument("--domain-id", type=int, default=150 + os.getpid() % 50)
     parser.add_argument("--setups", nargs="+", default=list(SETUPS), choices=list(SETUPS))
-    parser.add_argument("--out", type=Path, default=Path("node_latency.json"))
+    parser.add_argument("--out", type=Path,
+                        default=Path("outputs") / "bench" / "node_latency.json")
     return parser
 
 
@@ -171,7 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     workdir = Path(tempfile.mkdtemp(prefix="dfanet_node_latency_"))
-    checkpoint, trained = resolve_checkpoint(args.checkpoint, workdir)
+    checkpoint, trained = shipped_or_untrained(workdir, args.checkpoint)
     height, width = args.size
     frames = camera_frames(4, height, width)
     report = {
@@ -179,16 +170,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "checkpoint": str(checkpoint),
         "trained": trained,
         "frames": args.frames,
-        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
-                    "python": platform.python_version(),
-                    "load_average_at_start": list(os.getloadavg())},
+        "machine": {**machine_description(), "load_average_at_start": list(os.getloadavg())},
         "node": {},
     }
     from dfanet_core import Segmenter
 
-    with Segmenter.from_checkpoint(checkpoint, backend="onnxruntime",
-                                   onnx_cache_dir=args.cache_dir,
-                                   intra_op_threads=args.threads or None) as segmenter:
+    with Segmenter.load(checkpoint, options_from_args(args)) as segmenter:
         report["segmenter"] = segmenter.describe()
         for setup in args.setups:
             LOG.info("%dx%d frames, bare Segmenter and node (%s), interleaved ...",
@@ -199,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(table)
     print(f"load average (1 min) at start/end: {report['machine']['load_average_at_start'][0]:.1f}"
           f" / {report['machine']['load_average_at_end'][0]:.1f} on {os.cpu_count()} CPUs")
-    atomic_write_bytes(args.out, json.dumps(report, indent=2).encode())
+    atomic_write_json(args.out, report, sort_keys=False)
     print(f"written {args.out}")
     return 0
 

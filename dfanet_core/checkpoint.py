@@ -15,9 +15,21 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load, save
 
-from .imaging import atomic_write_bytes
+from .files import atomic_write_bytes, default_checkpoint
 from .models import create_model, list_models
 from .models.dfanet import DFANet
+
+__all__ = [
+    "CheckpointError",
+    "default_checkpoint",  # the shipped weights: dfanet_core.files.default_checkpoint
+    "default_meta",
+    "load_checkpoint",
+    "load_state",
+    "read_checkpoint",
+    "save_checkpoint",
+    "save_untrained",
+    "shipped_or_untrained",
+]
 
 FORMAT_VERSION = 1
 META_KEY = "dfanet_meta"
@@ -31,8 +43,6 @@ REQUIRED_META = (
     "channel_order",
     "input_size",
 )
-REPO_ROOT = Path(__file__).resolve().parent.parent
-WEIGHTS_DIR = REPO_ROOT / "weights"
 
 
 class CheckpointError(RuntimeError):
@@ -166,7 +176,28 @@ def load_state(model: DFANet, tensors: dict[str, torch.Tensor], source: str) -> 
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in tensors.items()})
 
 
-def default_checkpoint() -> Path | None:
-    """The shipped trained weights (weights/*.safetensors), newest name first, or None."""
-    candidates = sorted(WEIGHTS_DIR.glob("*.safetensors"))
-    return candidates[-1] if candidates else None
+def save_untrained(path: str | os.PathLike) -> Path:
+    """Write a seeded (torch.manual_seed(0)), untrained ``dfanet_b`` with CamVid's classes and
+    input size, ``meta['trained'] = False``: the stand-in when no weights are shipped."""
+    from .data import CAMVID
+
+    torch.manual_seed(0)
+    model = create_model("dfanet_b", num_classes=CAMVID.num_classes).eval()
+    meta = {**CAMVID.meta(), "variant": "dfanet_b", "input_size": [360, 480], "trained": False}
+    return save_checkpoint(path, model, meta)
+
+
+def shipped_or_untrained(folder: str | os.PathLike,
+                         given: str | os.PathLike | None = None) -> tuple[Path, bool]:
+    """``(checkpoint, trained)``: ``given`` when set, else the shipped weights, else
+    :func:`save_untrained` in ``folder`` (reused when already there): for the demo, the
+    benchmarks and the one-image tool on a checkout without weights. ``trained`` is the
+    checkpoint's ``meta['trained']``."""
+    found = Path(given) if given else default_checkpoint()
+    if found is not None:
+        _, meta = read_checkpoint(found)
+        return found, bool(meta.get("trained", True))
+    path = Path(folder) / "untrained_dfanet_b_camvid.safetensors"
+    if not path.is_file():
+        save_untrained(path)
+    return path, False

@@ -1,17 +1,32 @@
 """The one image codec of the project: read/write images and labels, colour masks and overlays.
 
-Arrays are RGB uint8 (H, W, 3) or single-channel uint8 (H, W). OpenCV does the codec work.
+Arrays are RGB uint8 (H, W, 3) or single-channel uint8 (H, W). OpenCV does the codec work; files
+are written atomically through :mod:`dfanet_core.files` (``atomic_write_bytes`` is re-exported
+here for the callers that import it from this module).
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
 import numpy as np
+
+from .files import atomic_write_bytes
+
+__all__ = [
+    "atomic_write_bytes",
+    "colorize",
+    "encode_image",
+    "overlay",
+    "palette_array",
+    "palette_to_hex",
+    "read_image",
+    "read_label",
+    "write_image",
+]
 
 Palette = Sequence[Sequence[int]]
 
@@ -53,27 +68,6 @@ def encode_image(array: np.ndarray, suffix: str = ".png", quality: int = 95) -> 
     if not ok:
         raise ValueError(f"OpenCV could not encode an image as {suffix}")
     return buf.tobytes()
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to a temporary file beside ``path`` and rename it: never a half file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        # mkstemp creates 0600 files; give the result the permissions a plain open() would.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def write_image(path: str | os.PathLike, array: np.ndarray) -> Path:

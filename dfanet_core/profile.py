@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import platform
 import statistics
 import sys
 import time
@@ -21,8 +20,9 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .imaging import atomic_write_bytes
+from .files import atomic_write_text
 from .models import count_parameters, create_model, get_config, list_models
+from .reports import machine_summary, markdown_table
 
 log = logging.getLogger("dfanet_core.profile")
 
@@ -98,33 +98,17 @@ def _ratio(value: float, paper: float | None) -> str:
 
 
 def format_table(rows: list[ProfileRow]) -> str:
-    head = (
-        "| model | input HxW | params (M) | paper params (M) | ratio | GMAC | paper G | ratio "
-        "| CPU eager ms (2 thr) |\n|---|---|---:|---:|---:|---:|---:|---:|---:|"
-    )
-    lines = [head]
-    for r in rows:
-        lines.append(
-            f"| {r.model} | {r.input_hw[0]}x{r.input_hw[1]} | {r.params_m:.3f} | "
-            f"{r.paper_params_m if r.paper_params_m is not None else '-'} | "
-            f"{_ratio(r.params_m, r.paper_params_m)} | {r.gmac:.3f} | "
-            f"{r.paper_gmac if r.paper_gmac is not None else '-'} | "
-            f"{_ratio(r.gmac, r.paper_gmac)} | "
-            f"{f'{r.latency_ms:.1f}' if r.latency_ms is not None else '-'} |"
-        )
-    return "\n".join(lines)
-
-
-def machine_description() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    header = ("model", "input HxW", "params (M)", "paper params (M)", "ratio", "GMAC", "paper G",
+              "ratio", "CPU eager ms (2 thr)")
+    body = [
+        (r.model, f"{r.input_hw[0]}x{r.input_hw[1]}", f"{r.params_m:.3f}",
+         r.paper_params_m if r.paper_params_m is not None else "-",
+         _ratio(r.params_m, r.paper_params_m), f"{r.gmac:.3f}",
+         r.paper_gmac if r.paper_gmac is not None else "-", _ratio(r.gmac, r.paper_gmac),
+         f"{r.latency_ms:.1f}" if r.latency_ms is not None else "-")
+        for r in rows
+    ]
+    return "\n".join(markdown_table(header, body, align="llrrrrrrr"))
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -161,16 +145,16 @@ DOC_BEGIN = "<!-- profile:begin -->"
 DOC_END = "<!-- profile:end -->"
 
 
-def write_doc_table(path: Path, table: str, command: str) -> None:
+def write_doc_table(path: Path, table: str, command: str, machine: str) -> None:
     """Replace the generated block of ``path`` so the doc always shows a rerunnable result."""
     text = path.read_text()
     if DOC_BEGIN not in text or DOC_END not in text:
         raise ValueError(f"{path} has no {DOC_BEGIN} ... {DOC_END} block to replace")
     head, rest = text.split(DOC_BEGIN, 1)
     tail = rest.split(DOC_END, 1)[1]
-    block = (f"{DOC_BEGIN}\nMeasured with `{command}` on {machine_description()}.\n\n"
+    block = (f"{DOC_BEGIN}\nMeasured with `{command}` on {machine}.\n\n"
              f"{table}\n{DOC_END}")
-    atomic_write_bytes(path, (head + block + tail).encode())
+    atomic_write_text(path, head + block + tail)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -186,17 +170,17 @@ def main(argv: list[str] | None = None) -> int:
         rows = profile(models, sizes, args.latency_runs)
     except ValueError as exc:
         raise SystemExit(str(exc)) from None
-    print(f"Machine: {machine_description()}. Compute in MACs (paper 'FLOPs' = MACs).")
+    machine = machine_summary()
+    print(f"Machine: {machine}. Compute in MACs (paper 'FLOPs' = MACs).")
     print(format_table(rows))
     if args.write_doc:
         command = "python -m dfanet_core.profile " + " ".join(argv if argv is not None
                                                               else sys.argv[1:])
-        write_doc_table(args.write_doc, format_table(rows), command.strip())
+        write_doc_table(args.write_doc, format_table(rows), command.strip(), machine)
     if args.json:
-        args.json.write_text(
-            json.dumps(
-                {"machine": machine_description(), "rows": [asdict(r) for r in rows]}, indent=2
-            )
+        atomic_write_text(
+            args.json,
+            json.dumps({"machine": machine, "rows": [asdict(r) for r in rows]}, indent=2),
         )
     return 0
 

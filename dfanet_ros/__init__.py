@@ -1,7 +1,9 @@
-"""dfanet_ros: the thin ROS 2 layer over dfanet_core.
+"""dfanet_ros: the ROS 2 segmentation node over dfanet_core.
 
-``segment_node`` is the node; ``conversions``, ``params``, ``stats``, ``diagnostics``,
-``pipeline`` and ``launch_logic`` hold its logic as plain Python, tested without a ROS graph
-(``qos`` builds rclpy QoS profiles); ``harness`` drives a node from Python (demo, benchmark,
-tests); ``demo`` is the one-command tour; ``bag_*`` are the rosbag tools.
+``segment_node`` is the node, glue over plain modules tested without a ROS graph:
+``conversions`` (message <-> numpy), ``params`` (parameters -> NodeConfig -> RuntimeOptions),
+``pipeline`` (the frame hand-off and one frame through the Segmenter), ``stats``,
+``diagnostics``, ``qos`` and ``launch_logic``. ``graph`` holds the ROS plumbing the node and the
+tools share (environment, node process, client node, log bridge); ``testing`` drives a node
+from Python; ``bag`` holds the rosbag tools and the demo.
 """

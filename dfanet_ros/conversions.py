@@ -392,3 +392,10 @@ def _data_size(data: Any) -> int:
         return memoryview(data).nbytes
     except TypeError:
         return len(data)
+
+
+def stamp_to_ns(stamp: Any) -> int:
+    """builtin_interfaces/Time (ROS 2 sec/nanosec, ROS 1 secs/nsecs) -> integer nanoseconds."""
+    sec = getattr(stamp, "sec", getattr(stamp, "secs", 0))
+    nanosec = getattr(stamp, "nanosec", getattr(stamp, "nsecs", 0))
+    return int(sec) * 1_000_000_000 + int(nanosec)

@@ -14,7 +14,7 @@ OK     otherwise.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from .stats import STAGES, TOTALS, StatsSnapshot
@@ -34,6 +34,11 @@ class Thresholds:
     max_drop_ratio: float = 0.5
     no_input_timeout_s: float = 5.0
     error_window_s: float = 5.0
+
+    @classmethod
+    def of(cls, config: Any) -> Thresholds:
+        """The thresholds of a node configuration (its parameters of the same names)."""
+        return cls(**{f.name: getattr(config, f.name) for f in fields(cls)})
 
 
 @dataclass(frozen=True)
@@ -77,6 +82,27 @@ class Status:
             if k == key:
                 return v
         raise KeyError(key)
+
+
+def pipeline_info(node_name: str, config: Any, input_topic: str, checkpoint: str,
+                  segmenter: Any = None) -> PipelineInfo:
+    """What the diagnostics show about the node: from its configuration while the model loads,
+    from the loaded ``segmenter`` (backend, device, precision, network size) afterwards."""
+    common = {"node_name": node_name, "input_topic": input_topic,
+              "input_type": config.input_type, "input_qos": config.input_qos,
+              "checkpoint": checkpoint}
+    if segmenter is None:
+        return PipelineInfo(hardware_id=config.hardware_id or config.backend,
+                            backend=config.backend, precision=config.precision, **common)
+    height, width = segmenter.input_size
+    return PipelineInfo(
+        hardware_id=config.hardware_id or f"{segmenter.backend_name}:{segmenter.device}",
+        backend=segmenter.backend_name,
+        precision=segmenter.precision,
+        model=str(segmenter.meta.get("variant", "")),
+        network_resolution=f"{width}x{height}",
+        **common,
+    )
 
 
 def status_name(node_name: str) -> str:
@@ -216,3 +242,15 @@ def status_from_msg(msg: Any) -> Status:
 def values_dict(status: Status) -> Mapping[str, str]:
     """Key/value pairs as a dict."""
     return dict(status.values)
+
+
+def node_idle(status: Status) -> bool:
+    """The status says the node holds no frame: every frame it received was published, dropped
+    or failed (a tool waiting for the last masks stops on two such reports in a row)."""
+    values = values_dict(status)
+    try:
+        handled = sum(int(values[key]) for key in ("frames_out", "total_dropped_frames",
+                                                   "bad_frames", "backend_errors"))
+        return int(values["frames_in"]) == handled
+    except (KeyError, ValueError):
+        return False

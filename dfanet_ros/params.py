@@ -1,9 +1,11 @@
 """The segmentation node's parameters: declared once (name, default, description, constraints),
-validated into a typed, frozen :class:`NodeConfig`. No rclpy.
+validated into a typed, frozen :class:`NodeConfig`, and turned into what the runtime takes
+(:func:`model_source`, :func:`runtime_options`). No rclpy, no torch.
 
 Every rejected value raises :class:`ParameterError`, whose message names the parameter, the value
 and what is allowed, so a bad YAML file stops the node at start-up with a sentence a user can act
-on. All parameters are read-only at run time (changing the model or QoS needs a restart).
+on. All parameters are read-only at run time (changing the model or QoS needs a restart). The
+runtime choices (backends, precisions, resize modes) are dfanet_core's own.
 """
 
 from __future__ import annotations
@@ -13,13 +15,19 @@ import difflib
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
+
+from dfanet_core.deploy.options import (
+    BACKENDS,
+    PRECISIONS,
+    RESIZE_MODES,
+    RuntimeOptions,
+    TensorRTOptions,
+)
 
 from .qos import MAX_DEPTH, QOS_PRESETS
 
-BACKENDS = ("auto", "onnxruntime", "torch", "tensorrt")
-PRECISIONS = ("fp32", "fp16", "int8")
-RESIZE_MODES = ("stretch", "letterbox")  # dfanet_core.deploy.preprocess.RESIZE_MODES (tested)
 INPUT_TYPES = ("raw", "compressed")
 COLOR_MODES = ("mask", "overlay")
 CONFIDENCE_ENCODINGS = ("mono8", "32FC1")
@@ -64,7 +72,7 @@ _S = ParamSpec
 PARAMETERS: tuple[ParamSpec, ...] = (
     # model and runtime
     _S("checkpoint", "", "Checkpoint file (.safetensors); empty: the shipped weights "
-       "(dfanet_core.checkpoint.default_checkpoint())"),
+       "(the package's share/dfanet_ros/weights, else the source tree's weights/)"),
     _S("backend", "auto", "Inference backend; auto picks tensorrt, then torch on CUDA, "
        "then onnxruntime", BACKENDS),
     _S("precision", "fp32", "Numeric precision of the backend", PRECISIONS),
@@ -254,3 +262,34 @@ def _check_size(spec: ParamSpec, value: Any) -> tuple[int, int]:
 def field_names() -> tuple[str, ...]:
     """NodeConfig's attributes (equal to the parameter names; checked by the tests)."""
     return tuple(f.name for f in fields(NodeConfig))
+
+
+def model_source(config: NodeConfig) -> Path:
+    """The file to load: ``onnx_path`` when set, else ``checkpoint``, else the shipped weights
+    (dfanet_core.files.resolve_checkpoint). Raises ParameterError when there is none (before any
+    model code is imported)."""
+    from dfanet_core.files import resolve_checkpoint
+
+    name = "onnx_path" if config.onnx_path else "checkpoint"
+    try:
+        return resolve_checkpoint(getattr(config, name))
+    except FileNotFoundError as exc:
+        raise ParameterError(name, str(exc)) from None
+
+
+def runtime_options(config: NodeConfig, cuda_available: bool) -> RuntimeOptions:
+    """How the node's model runs, from its parameters: the one place they meet the runtime."""
+    cache = Path(config.engine_cache_dir) if config.engine_cache_dir else None
+    on_gpu = cuda_available and config.backend != "onnxruntime"
+    from_onnx = bool(config.onnx_path)  # an ONNX file fixes its own input size
+    return RuntimeOptions(
+        backend=config.backend,
+        precision=config.precision,
+        device=f"cuda:{config.gpu_id}" if on_gpu else None,
+        input_size=None if from_onnx else config.input_size,
+        resize_mode=config.resize_mode,
+        intra_op_threads=config.threads or None,
+        onnx_cache_dir=None if from_onnx else cache,
+        engine_cache_dir=cache,
+        tensorrt=TensorRTOptions(force_rebuild=config.force_engine_update),
+    )

@@ -142,3 +142,28 @@ def colour_output(
         rgb = result.pixels if result.channel_order == "RGB" else result.pixels[..., ::-1]
         return overlay(np.ascontiguousarray(rgb), result.mask, palette, alpha)
     return colorize(result.mask, palette)
+
+
+def class_info(segmenter: Any, node: str, mask_topic: str, checkpoint: str,
+               ignore_value: int) -> dict[str, Any]:
+    """The latched class-info message (JSON) of a loaded model: what a consumer needs to read
+    the masks (class names, palette as 0xRRGGBB, the ignore value) and what produced them."""
+    from dfanet_core.imaging import palette_to_hex
+
+    names = list(segmenter.class_names)
+    return {
+        "node": node,
+        "mask_topic": mask_topic,
+        "encoding": "mono8",
+        "model": segmenter.meta.get("variant", ""),
+        "dataset": segmenter.meta.get("dataset"),
+        "trained": segmenter.meta.get("trained", True),
+        "checkpoint": checkpoint,
+        "backend": segmenter.backend_name,
+        "precision": segmenter.precision,
+        "network_input_size": list(segmenter.input_size),
+        "num_classes": len(names),
+        "class_names": names,
+        "palette": palette_to_hex(segmenter.palette),
+        "ignore_value": ignore_value,
+    }

@@ -13,20 +13,19 @@ Topics (relative, so a namespace /cam1 gives /cam1/segmentation/mask):
          segmentation/class_info    std_msgs/String JSON, transient local
          /diagnostics               diagnostic_msgs/DiagnosticArray, every diagnostics_period_s
 
-The subscription callback only validates the header and hands the message to a worker thread
-through a one-item slot (newest frame wins, replaced frames count as dropped), so it never waits
-for inference. The model is loaded by the worker too, so diagnostics report progress while a
-TensorRT engine builds. See docs/ros_interface.md for the full contract.
+The callback only checks the header and hands the message to a worker thread through a
+one-item slot (newest frame wins, replaced frames count as dropped), so it never waits for
+inference; the worker also loads the model, so diagnostics report progress while an engine
+builds. This file is glue over ``params``, ``pipeline``, ``stats``, ``diagnostics``,
+``conversions`` and ``qos``. The full contract: docs/ros_interface.md.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import rclpy
@@ -40,19 +39,12 @@ from rclpy.task import Future
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import String
 
-from . import conversions, diagnostics
-from .params import PARAMETERS, NodeConfig, ParameterError, config_from_values, unknown_parameters
-from .pipeline import (
-    BackendFailure,
-    BadFrame,
-    Frame,
-    LatestSlot,
-    LogThrottle,
-    colour_output,
-    segment_frame,
-)
+from . import conversions, diagnostics, params, pipeline
+from .graph import PythonLogBridge
+from .params import NodeConfig, ParameterError
+from .pipeline import BackendFailure, BadFrame, Frame
 from .qos import describe_qos, latched_qos, make_qos
-from .stats import PipelineStats
+from .stats import PipelineStats, frame_latencies
 
 NODE_NAME = "segment_node"
 IGNORE_VALUE = 255  # mask value reserved for "no prediction" (not produced by the current model)
@@ -65,96 +57,60 @@ class SegmentNode(Node):
     def __init__(self, node_name: str = NODE_NAME, **kwargs: Any) -> None:
         super().__init__(node_name, **kwargs)
         self.config: NodeConfig = self._declare_parameters()
-        self.checkpoint = resolve_model_source(self.config)
+        self.checkpoint = params.model_source(self.config)
         self.finished: Future = Future()  # result: the process exit code
-        self.stats = PipelineStats(
-            time.monotonic(),
-            rate_window_s=max(2.0, self.config.no_input_timeout_s),
-            error_window_s=self.config.error_window_s,
-        )
-        self.thresholds = diagnostics.Thresholds(
-            expected_rate_hz=self.config.expected_rate_hz,
-            max_drop_ratio=self.config.max_drop_ratio,
-            no_input_timeout_s=self.config.no_input_timeout_s,
-            error_window_s=self.config.error_window_s,
-        )
-        self._throttle = LogThrottle(5.0)
-        self._slot: LatestSlot[Frame] = LatestSlot()
+        self.stats = PipelineStats(time.monotonic(), max(2.0, self.config.no_input_timeout_s),
+                                   self.config.error_window_s)
+        self.thresholds = diagnostics.Thresholds.of(self.config)
+        self._throttle = pipeline.LogThrottle(5.0)
+        self._slot: pipeline.LatestSlot[Frame] = pipeline.LatestSlot()
         self._stop = threading.Event()
         self._state = ("loading", "loading checkpoint", time.monotonic())
         self._segmenter: Any = None
-        self._info: diagnostics.PipelineInfo | None = None
         self._input_resolution = ""
-        self._log_bridge = _RclpyLogHandler(self.get_logger())
-        logging.getLogger("dfanet_core").addHandler(self._log_bridge)
-        logging.getLogger("dfanet_core").setLevel(logging.INFO)
-
+        self._log_bridge = PythonLogBridge(self.get_logger(), "dfanet_core")
         self._create_interfaces()
+        self._info = diagnostics.pipeline_info(
+            self.get_fully_qualified_name(), self.config, self._sub.topic_name,
+            str(self.checkpoint))
         self._ready_guard = self.create_guard_condition(self._on_model_ready)
         self._worker = threading.Thread(target=self._work, name="segmentation", daemon=True)
         self._worker.start()
-        self._diag_timer = self.create_timer(
-            self.config.diagnostics_period_s, self._publish_diagnostics
-        )
+        self.create_timer(self.config.diagnostics_period_s, self._publish_diagnostics)
 
     # -- set-up ---------------------------------------------------------------------------
     def _declare_parameters(self) -> NodeConfig:
         """Declare every parameter (read-only, with description and constraints), validate."""
-        declared = self.declare_parameters(
-            "",
-            [
-                (
-                    spec.name,
-                    spec.default,
-                    ParameterDescriptor(
-                        description=spec.description,
-                        additional_constraints=spec.constraints,
-                        read_only=True,
-                        dynamic_typing=True,  # types are checked by config_from_values
-                    ),
-                )
-                for spec in PARAMETERS
-            ],
-        )
-        for message in unknown_parameters(getattr(self, "_parameter_overrides", {})):
+        declared = self.declare_parameters("", [
+            (spec.name, spec.default, ParameterDescriptor(
+                description=spec.description, additional_constraints=spec.constraints,
+                read_only=True, dynamic_typing=True))  # types are checked by config_from_values
+            for spec in params.PARAMETERS
+        ])
+        for message in params.unknown_parameters(getattr(self, "_parameter_overrides", {})):
             self.get_logger().warning(message)
-        return config_from_values({p.name: p.value for p in declared})
+        return params.config_from_values({p.name: p.value for p in declared})
 
     def _create_interfaces(self) -> None:
         config = self.config
         output_qos = make_qos(config.output_qos, config.output_depth)
         input_qos = make_qos(config.input_qos, config.input_depth)
-        self._mask_pub = self.create_publisher(Image, "segmentation/mask", output_qos)
-        self._color_pub = (
-            self.create_publisher(Image, "segmentation/color", output_qos)
-            if config.publish_color
-            else None
-        )
-        self._confidence_pub = (
-            self.create_publisher(Image, "segmentation/confidence", output_qos)
-            if config.publish_confidence
-            else None
-        )
-        self._class_info_pub = self.create_publisher(
-            String, "segmentation/class_info", latched_qos()
-        )
+        self._mask_pub, self._color_pub, self._confidence_pub = (
+            self.create_publisher(Image, f"segmentation/{name}", output_qos) if wanted else None
+            for name, wanted in (("mask", True), ("color", config.publish_color),
+                                 ("confidence", config.publish_confidence)))
+        self._class_info_pub = self.create_publisher(String, "segmentation/class_info",
+                                                     latched_qos())
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         msg_type = CompressedImage if config.input_type == "compressed" else Image
-        self._sub = self.create_subscription(
-            msg_type,
-            config.input_topic,
-            self._on_image,
-            input_qos,
-            event_callbacks=SubscriptionEventCallbacks(
-                incompatible_qos=self._on_incompatible_qos,
-                message_lost=self._on_message_lost,
-            ),
-        )
+        events = SubscriptionEventCallbacks(incompatible_qos=self._on_incompatible_qos,
+                                            message_lost=self._on_message_lost)
+        self._sub = self.create_subscription(msg_type, config.input_topic, self._on_image,
+                                             input_qos, event_callbacks=events)
         self.get_logger().info(
             f"subscribed to {self._sub.topic_name} ({msg_type.__name__}, "
             f"{describe_qos(input_qos)}); publishing {self._mask_pub.topic_name} "
-            f"({describe_qos(output_qos)})"
-        )
+            f"({describe_qos(output_qos)})")
 
     # -- callbacks (executor thread) ------------------------------------------------------
     def _on_image(self, msg: Any) -> None:
@@ -171,10 +127,9 @@ class SegmentNode(Node):
 
     def _on_incompatible_qos(self, event: Any) -> None:
         policy = qos_policy_name_from_kind(event.last_policy_kind)
-        reason = (
-            f"incompatible QoS with a publisher on {self._sub.topic_name}: policy {policy} "
-            f"(input_qos={self.config.input_qos}; a best-effort camera needs SENSOR_DATA)"
-        )
+        reason = (f"incompatible QoS with a publisher on {self._sub.topic_name}: policy "
+                  f"{policy} (input_qos={self.config.input_qos}; a best-effort camera needs "
+                  "SENSOR_DATA)")
         self.stats.record_failure(time.monotonic(), reason)
         self.get_logger().error(reason)
 
@@ -183,38 +138,19 @@ class SegmentNode(Node):
 
     def _on_model_ready(self) -> None:
         """Runs on the executor once the worker has loaded the model: class info out."""
-        seg = self._segmenter
-        palette_hex = _palette_hex(seg.palette)
-        self.declare_parameters(
-            "",
-            [
-                ("class_names", list(seg.class_names), _read_only("Class name of each id")),
-                ("class_palette", palette_hex, _read_only("Colour of each id, 0xRRGGBB")),
-                ("num_classes", len(seg.class_names), _read_only("Number of classes")),
-                ("ignore_value", IGNORE_VALUE, _read_only("Mask value for no prediction")),
-            ],
-        )
-        info = {
-            "node": self.get_fully_qualified_name(),
-            "mask_topic": self._mask_pub.topic_name,
-            "encoding": "mono8",
-            "model": seg.meta.get("variant", ""),
-            "dataset": seg.meta.get("dataset"),
-            "trained": seg.meta.get("trained", True),
-            "checkpoint": str(self.checkpoint),
-            "backend": seg.backend_name,
-            "precision": seg.precision,
-            "network_input_size": list(seg.input_size),
-            "num_classes": len(seg.class_names),
-            "class_names": list(seg.class_names),
-            "palette": palette_hex,
-            "ignore_value": IGNORE_VALUE,
-        }
+        info = pipeline.class_info(self._segmenter, self.get_fully_qualified_name(),
+                          self._mask_pub.topic_name, str(self.checkpoint), IGNORE_VALUE)
+        self.declare_parameters("", [
+            ("class_names", info["class_names"], _read_only("Class name of each id")),
+            ("class_palette", info["palette"], _read_only("Colour of each id, 0xRRGGBB")),
+            ("num_classes", info["num_classes"], _read_only("Number of classes")),
+            ("ignore_value", IGNORE_VALUE, _read_only("Mask value for no prediction")),
+        ])
         self._class_info_pub.publish(String(data=json.dumps(info)))
+        height, width = info["network_input_size"]
         self.get_logger().info(
-            f"ready: {info['model']} on {seg.backend_name} ({seg.precision}), network input "
-            f"{seg.input_size[1]}x{seg.input_size[0]}, {info['num_classes']} classes"
-        )
+            f"ready: {info['model']} on {info['backend']} ({info['precision']}), network input "
+            f"{width}x{height}, {info['num_classes']} classes")
         if self.config.build_only:
             self.get_logger().info("build_only: model and engine are ready, exiting")
             self.finished.set_result(EXIT_OK)
@@ -222,25 +158,10 @@ class SegmentNode(Node):
     def _publish_diagnostics(self) -> None:
         now = time.monotonic()
         phase, detail, since = self._state
-        state = diagnostics.NodeState(phase, detail, now - since)
-        info = self._info or diagnostics.PipelineInfo(
-            node_name=self.get_fully_qualified_name(),
-            hardware_id=self.config.hardware_id or self.config.backend,
-            input_topic=self._sub.topic_name,
-            input_type=self.config.input_type,
-            input_qos=self.config.input_qos,
-            backend=self.config.backend,
-            precision=self.config.precision,
-            checkpoint=str(self.checkpoint),
-        )
         status = diagnostics.build_status(
-            self.stats.snapshot(now),
-            self.thresholds,
-            state,
-            info,
-            self.count_publishers(self._sub.topic_name),
-            self._input_resolution,
-        )
+            self.stats.snapshot(now), self.thresholds,
+            diagnostics.NodeState(phase, detail, now - since), self._info,
+            self.count_publishers(self._sub.topic_name), self._input_resolution)
         stamp = self.get_clock().now().to_msg()
         self._diag_pub.publish(diagnostics.to_diagnostic_array([status], stamp))
 
@@ -256,9 +177,7 @@ class SegmentNode(Node):
             return
         self._state = ("ready", "", time.monotonic())
         self._ready_guard.trigger()
-        if self.config.build_only:
-            return
-        while not self._stop.is_set():
+        while not self.config.build_only and not self._stop.is_set():
             frame = self._slot.take(timeout=0.5)
             if frame is not None:
                 self._process(frame)
@@ -268,54 +187,32 @@ class SegmentNode(Node):
 
         from dfanet_core import Segmenter
 
-        config = self.config
-        self.get_logger().info(
-            f"loading {self.checkpoint} (backend {config.backend}, precision {config.precision})"
-        )
+        config, name = self.config, self.checkpoint.name
+        self.get_logger().info(f"loading {self.checkpoint} (backend {config.backend}, "
+                               f"precision {config.precision})")
         started = time.monotonic()
-        self._state = ("loading", f"loading {self.checkpoint.name} ({config.backend})", started)
+        self._state = ("loading", f"loading {name} ({config.backend})", started)
         if config.threads:
             torch.set_num_threads(config.threads)
-        options = segmenter_options(config, torch.cuda.is_available())
-        if config.onnx_path:
-            segmenter = Segmenter.from_onnx(self.checkpoint, **options)
-        else:
-            segmenter = Segmenter.from_checkpoint(self.checkpoint, **options)
-        device = str(segmenter.device)
-        height, width = segmenter.input_size
-        self._info = diagnostics.PipelineInfo(
-            node_name=self.get_fully_qualified_name(),
-            hardware_id=config.hardware_id or f"{segmenter.backend_name}:{device}",
-            input_topic=self._sub.topic_name,
-            input_type=config.input_type,
-            input_qos=config.input_qos,
-            backend=segmenter.backend_name,
-            precision=segmenter.precision,
-            model=str(segmenter.meta.get("variant", "")),
-            checkpoint=str(self.checkpoint),
-            network_resolution=f"{width}x{height}",
-        )
-        self.get_logger().info(
-            f"model loaded in {time.monotonic() - started:.1f} s "
-            f"({segmenter.backend_name} on {device})"
-        )
+        segmenter = Segmenter.load(self.checkpoint,
+                                   params.runtime_options(config, torch.cuda.is_available()))
+        self._info = diagnostics.pipeline_info(
+            self.get_fully_qualified_name(), config, self._sub.topic_name, str(self.checkpoint),
+            segmenter)
+        self.get_logger().info(f"model loaded in {time.monotonic() - started:.1f} s "
+                               f"({segmenter.backend_name} on {segmenter.device})")
         if not segmenter.meta.get("trained", True):
             self.get_logger().warning(
-                f"{self.checkpoint} holds UNTRAINED weights: the masks are meaningless"
-            )
+                f"{self.checkpoint} holds UNTRAINED weights: the masks are meaningless")
         return segmenter
 
     def _process(self, frame: Frame) -> None:
         config = self.config
-        want_confidence = self._confidence_pub is not None
         try:
-            result = segment_frame(
-                frame,
-                self._segmenter,
-                compressed=config.input_type == "compressed",
-                max_pixels=config.max_input_pixels,
-                confidence=want_confidence,
-            )
+            result = pipeline.segment_frame(frame, self._segmenter,
+                                   compressed=config.input_type == "compressed",
+                                   max_pixels=config.max_input_pixels,
+                                   confidence=self._confidence_pub is not None)
         except BadFrame as exc:
             self._bad_frame(time.monotonic(), str(exc))
             return
@@ -323,46 +220,36 @@ class SegmentNode(Node):
             self._failure("backend error", str(exc), self.stats.record_backend_error)
             return
         header = frame.msg.header
-        height, width = result.mask.shape
-        self._input_resolution = f"{width}x{height}"
+        self._input_resolution = f"{result.mask.shape[1]}x{result.mask.shape[0]}"
         try:
             self._mask_pub.publish(
-                Image(header=header, **conversions.mask_to_image_fields(result.mask))
-            )
+                Image(header=header, **conversions.mask_to_image_fields(result.mask)))
             self._publish_optional(header, result)
         except Exception as exc:  # noqa: BLE001 - e.g. shutting down; never kill the worker
-            reason = f"publishing failed: {exc}"
-            self._failure("backend error", reason, self.stats.record_backend_error)
+            self._failure("backend error", f"publishing failed: {exc}",
+                          self.stats.record_backend_error)
             return
         done = time.monotonic()
-        stamp_ns = header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
-        latencies = dict(result.timings_ms)
-        latencies["publish"] = (done - result.started) * 1e3 - sum(result.timings_ms.values())
-        latencies["processing_time"] = (done - result.started) * 1e3
-        latencies["queue_wait"] = (result.started - frame.received) * 1e3
-        latencies["node_latency"] = (done - frame.received) * 1e3
-        latencies["pipeline_latency"] = (self.get_clock().now().nanoseconds - stamp_ns) / 1e6
-        self.stats.record_output(done, latencies)
+        self.stats.record_output(done, frame_latencies(
+            result.timings_ms, frame.received, result.started, done,
+            conversions.stamp_to_ns(header.stamp), self.get_clock().now().nanoseconds))
 
     def _publish_optional(self, header: Any, result: Any) -> None:
-        config = self.config
-        seg = self._segmenter
+        config, seg = self.config, self._segmenter
         if self._color_pub is not None and self._color_pub.get_subscription_count() > 0:
-            colour = colour_output(result, seg.palette, config.color_mode, config.overlay_alpha)
+            colour = pipeline.colour_output(result, seg.palette, config.color_mode,
+                                            config.overlay_alpha)
             self._color_pub.publish(
-                Image(header=header, **conversions.numpy_to_image_fields(colour, "rgb8"))
-            )
+                Image(header=header, **conversions.numpy_to_image_fields(colour, "rgb8")))
             self.stats.record_extra_output("color")
         if self._confidence_pub is not None and result.confidence is not None:
-            fields = conversions.confidence_to_image_fields(
-                result.confidence, config.confidence_encoding
-            )
+            fields = conversions.confidence_to_image_fields(result.confidence,
+                                                            config.confidence_encoding)
             self._confidence_pub.publish(Image(header=header, **fields))
             self.stats.record_extra_output("confidence")
 
     def _bad_frame(self, now: float, reason: str) -> None:
         self._failure("bad frame", reason, self.stats.record_bad_frame, now)
-
     def _failure(self, kind: str, reason: str, record: Any, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now
         record(now, reason)
@@ -378,79 +265,13 @@ class SegmentNode(Node):
         self._slot.close()
         if self._worker.is_alive():
             self._worker.join(timeout=10.0)
-        close = getattr(self._segmenter, "close", None)
-        if callable(close):
-            close()
-        logging.getLogger("dfanet_core").removeHandler(self._log_bridge)
-
-
-def resolve_model_source(config: NodeConfig) -> Path:
-    """The file to load: ``onnx_path`` when set, else ``checkpoint``, else the shipped weights.
-    Raises ParameterError when it does not exist (before any model code is imported)."""
-    for name in ("onnx_path", "checkpoint"):
-        value = getattr(config, name)
-        if value:
-            path = Path(value).expanduser()
-            if not path.is_file():
-                raise ParameterError(name, f"file not found: {path}")
-            return path
-    from dfanet_core.checkpoint import default_checkpoint
-
-    shipped = default_checkpoint()
-    if shipped is None:
-        raise ParameterError(
-            "checkpoint",
-            "empty, and no shipped weights were found under weights/; "
-            "set checkpoint:=/path/to/model.safetensors",
-        )
-    return shipped
-
-
-def segmenter_options(config: NodeConfig, cuda_available: bool) -> dict[str, Any]:
-    """Segmenter.from_checkpoint / from_onnx keyword arguments from the node's parameters."""
-    cache_dir = config.engine_cache_dir or None
-    options: dict[str, Any] = {
-        "backend": config.backend,
-        "precision": config.precision,
-        "resize_mode": config.resize_mode,
-        "engine_cache_dir": cache_dir,
-        "force_rebuild": config.force_engine_update,
-        "intra_op_threads": config.threads or None,
-    }
-    if cuda_available and config.backend != "onnxruntime":
-        options["device"] = f"cuda:{config.gpu_id}"
-    if not config.onnx_path:  # an ONNX file fixes its own input size
-        options["input_size"] = config.input_size
-        options["onnx_cache_dir"] = cache_dir
-    return options
+        if self._segmenter is not None:
+            self._segmenter.close()
+        self._log_bridge.detach()
 
 
 def _read_only(description: str) -> ParameterDescriptor:
     return ParameterDescriptor(description=description, read_only=True)
-
-
-def _palette_hex(palette: Any) -> list[int]:
-    from dfanet_core.imaging import palette_to_hex
-
-    return palette_to_hex(palette)
-
-
-class _RclpyLogHandler(logging.Handler):
-    """Forwards dfanet_core's Python logging (model loading, engine build progress) to the
-    node's ROS logger, so it reaches /rosout and the launch screen."""
-
-    def __init__(self, logger: Any) -> None:
-        super().__init__(logging.INFO)
-        self._logger = logger
-
-    def emit(self, record: logging.LogRecord) -> None:
-        message = f"[{record.name}] {record.getMessage()}"
-        if record.levelno >= logging.ERROR:
-            self._logger.error(message)
-        elif record.levelno >= logging.WARNING:
-            self._logger.warning(message)
-        else:
-            self._logger.info(message)
 
 
 def main(args: list[str] | None = None) -> int:

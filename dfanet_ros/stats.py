@@ -12,7 +12,9 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-import numpy as np
+from dfanet_core.reports import LatencySummary
+
+__all__ = ["LatencySummary", "LatencyWindow", "PipelineStats", "StatsSnapshot", "frame_latencies"]
 
 # Latency stages, in pipeline order, and the derived totals (all in milliseconds):
 #   decode .. publish  worker stages of one frame
@@ -24,19 +26,8 @@ STAGES: tuple[str, ...] = ("decode", "preprocess", "inference", "postprocess", "
 TOTALS: tuple[str, ...] = ("processing_time", "queue_wait", "node_latency", "pipeline_latency")
 
 
-@dataclass(frozen=True)
-class LatencySummary:
-    """Summary of the samples in a latency window, in milliseconds."""
-
-    count: int
-    mean: float
-    p50: float
-    p99: float
-    max: float
-
-
 class LatencyWindow:
-    """The last ``size`` latency samples (ms) and their mean/p50/p99/max."""
+    """The last ``size`` latency samples (ms) and their summary (dfanet_core.reports)."""
 
     def __init__(self, size: int = 300) -> None:
         self._samples: deque[float] = deque(maxlen=size)
@@ -46,13 +37,7 @@ class LatencyWindow:
 
     def summary(self) -> LatencySummary | None:
         """None while empty."""
-        if not self._samples:
-            return None
-        values = np.fromiter(self._samples, dtype=np.float64)
-        p50, p99 = np.percentile(values, [50, 99])
-        return LatencySummary(
-            len(values), float(values.mean()), float(p50), float(p99), float(values.max())
-        )
+        return LatencySummary.of(self._samples)
 
 
 class EventWindow:
@@ -223,3 +208,23 @@ class PipelineStats:
 
 def _age(now: float, then: float | None) -> float | None:
     return None if then is None else now - then
+
+
+def frame_latencies(
+    timings_ms: Mapping[str, float],
+    received: float,
+    started: float,
+    done: float,
+    stamp_ns: int,
+    now_ns: int,
+) -> dict[str, float]:
+    """Every latency of one published frame, in ms, by the names of STAGES + TOTALS: the
+    worker's stage ``timings_ms`` plus what the monotonic times (s) received -> started ->
+    done and the clocks (ns) header stamp -> now give."""
+    latencies = dict(timings_ms)
+    latencies["publish"] = (done - started) * 1e3 - sum(timings_ms.values())
+    latencies["processing_time"] = (done - started) * 1e3
+    latencies["queue_wait"] = (started - received) * 1e3
+    latencies["node_latency"] = (done - received) * 1e3
+    latencies["pipeline_latency"] = (now_ns - stamp_ns) / 1e6
+    return latencies

@@ -39,3 +39,6 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
   fi
   echo "$WANT" > "$STAMP"
 fi
+# vision_msgs (LabelInfo, VisionClass) is not on PyPI: generate it into the venv. A no-op when
+# up to date or when a ROS 2 install already provides it (scripts/build_vision_msgs.sh).
+bash "$ROOT/scripts/build_vision_msgs.sh" "$VENV"

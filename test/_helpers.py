@@ -10,7 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from dfanet_core.paths import REPO_ROOT
 
 # The shared CamVid bag (../shared/data/bags/camvid_seq): CamVid test frames Seq05VD_f00000 ..
 # f00270 (every 30th video frame), header stamps and log times FIRST_STAMP + i * SECOND.
@@ -22,13 +22,12 @@ BAG_STAMPS = [FIRST_STAMP + i * SECOND for i in range(len(BAG_FRAMES))]
 BAG_BACKEND = "onnxruntime"
 
 
-def png_reference(checkpoint: Path, camvid_root: Path) -> dict:
+def png_reference(segmenter, camvid_root: Path) -> dict:
     """training/evaluate.py's code path on the PNG files of the bag's 10 frames: the CamVid
-    dataset (void -> ignore), ``run_evaluation`` with the Segmenter as predictor (the swap its
-    ``make_predictor`` docstring names) and dfanet_core.metrics.
+    dataset (void -> ignore), ``run_evaluation`` with ``segmenter`` (a BAG_BACKEND Segmenter) as
+    predictor (the swap its ``make_predictor`` docstring names) and dfanet_core.metrics.
 
     Returns ``masks`` (in frame order), ``miou`` and ``per_class_iou`` (by class name)."""
-    from dfanet_core import Segmenter
     from dfanet_core.data import CamVidDataset
     from dfanet_core.metrics import to_jsonable
 
@@ -41,12 +40,12 @@ def png_reference(checkpoint: Path, camvid_root: Path) -> dict:
     dataset = copy.copy(test_split)
     dataset.pairs = [pair for pair in test_split.pairs if pair[0].stem in BAG_FRAMES]
     assert [image.stem for image, _ in dataset.pairs] == BAG_FRAMES
+    assert segmenter.backend_name == BAG_BACKEND
     masks: list[np.ndarray] = []
-    with Segmenter.from_checkpoint(checkpoint, backend=BAG_BACKEND) as segmenter:
-        matrix, _ = run_evaluation(dataset, segmenter.predict, dataset.info.num_classes,
-                                   dataset.info.ignore_index,
-                                   on_prediction=lambda i, image, label, mask: masks.append(mask))
-    scores = to_jsonable(matrix.compute())
+    matrix, _ = run_evaluation(dataset, segmenter.predict, dataset.info.num_classes,
+                               dataset.info.ignore_index,
+                               on_prediction=lambda i, image, label, mask: masks.append(mask))
+    scores = to_jsonable(matrix.total().compute())
     return {"masks": masks, "miou": scores["miou"],
             "per_class_iou": dict(zip(dataset.info.class_names, scores["per_class_iou"]))}
 

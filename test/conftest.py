@@ -1,4 +1,6 @@
-"""Shared fixtures: real data from ../shared, a fresh checkpoint, isolated ROS environments."""
+"""Shared fixtures: real data from ../shared, checkpoints (untrained, calibrated, shipped), the
+Segmenters and CamVid frames the tests compare against, isolated ROS environments. Test modules
+define no fixture another module also needs (they never import each other)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from dfanet_core.paths import REPO_ROOT
+
 SHARED_DIR = Path(os.environ.get("DFANET_SHARED_DIR", REPO_ROOT.parent / "shared"))
 
 def pytest_configure(config):
@@ -36,6 +39,27 @@ def pytest_collection_modifyitems(config, items):
         for marker, reason in absent.items():
             if reason and marker in item.keywords:
                 item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def model_cache(tmp_path_factory) -> Path:
+    """One cache of ONNX exports (and engines) for the whole session, through
+    ``$DFANET_CACHE_DIR``, so every Segmenter, node and tool process of the run (they inherit the
+    environment) exports a checkpoint/size once and nothing lands in ~/.cache."""
+    root = tmp_path_factory.mktemp("dfanet_cache")
+    previous = os.environ.get("DFANET_CACHE_DIR")
+    os.environ["DFANET_CACHE_DIR"] = str(root)
+    yield root
+    if previous is None:
+        os.environ.pop("DFANET_CACHE_DIR", None)
+    else:
+        os.environ["DFANET_CACHE_DIR"] = previous
+
+
+@pytest.fixture(scope="session")
+def onnx_cache(model_cache: Path) -> Path:
+    """The session's ONNX export folder (the default the Segmenter uses in this session)."""
+    return model_cache / "onnx"
 
 
 @pytest.fixture(scope="module")
@@ -108,18 +132,19 @@ def camvid_samples(camvid_root: Path):
 
 
 @pytest.fixture(scope="session")
+def camvid_images(camvid_samples) -> list[np.ndarray]:
+    """The first 4 CamVid test frames (RGB, 480x360), the frames the Segmenter and node tests
+    compare on. Treat as read-only (session-wide)."""
+    return [rgb for rgb, _, _ in camvid_samples(4)]
+
+
+@pytest.fixture(scope="session")
 def untrained_checkpoint(tmp_path_factory) -> Path:
-    """A freshly initialised dfanet_b with CamVid metadata (seeded, so runs are repeatable)."""
-    import torch
+    """A freshly initialised dfanet_b with CamVid metadata (seeded, so runs are repeatable): the
+    stand-in the demo uses without shipped weights (dfanet_core.checkpoint.save_untrained)."""
+    from dfanet_core.checkpoint import save_untrained
 
-    from dfanet_core import create_model, save_checkpoint
-    from dfanet_core.data import CAMVID
-
-    torch.manual_seed(0)
-    model = create_model("dfanet_b", num_classes=CAMVID.num_classes).eval()
-    meta = {**CAMVID.meta(), "variant": "dfanet_b", "input_size": [360, 480], "trained": False}
-    path = tmp_path_factory.mktemp("ckpt") / "untrained_dfanet_b.safetensors"
-    return save_checkpoint(path, model, meta)
+    return save_untrained(tmp_path_factory.mktemp("ckpt") / "untrained_dfanet_b.safetensors")
 
 
 @pytest.fixture(scope="session")
@@ -153,13 +178,53 @@ def calibrated_checkpoint(untrained_checkpoint: Path, camvid_root: Path, tmp_pat
 
 
 @pytest.fixture(scope="session")
-def bag_reference(calibrated_checkpoint: Path, camvid_root: Path) -> dict:
+def shipped_checkpoint() -> Path:
+    """The trained CamVid weights under weights/ (dfanet_a): masks with structure, and the
+    backends agree on them to the pixel (an untrained net's near-tied logits do not)."""
+    from dfanet_core.files import default_checkpoint
+
+    path = default_checkpoint()
+    assert path is not None and path.parent.name == "weights", f"shipped weights: {path}"
+    return path
+
+
+@pytest.fixture(scope="session")
+def segmenter_of():
+    """``segmenter_of(checkpoint, **options)``: the Segmenter of ``checkpoint`` with these
+    runtime options (``Segmenter.from_checkpoint`` keywords), made once per checkpoint and
+    options for the session and closed at its end. Use a checkpoint whose masks vary
+    (``shipped_checkpoint``, ``calibrated_checkpoint``): comparisons of one-class masks prove
+    nothing."""
+    from dfanet_core import Segmenter
+
+    made: dict[tuple, Segmenter] = {}
+
+    def make(checkpoint: Path, **options) -> Segmenter:
+        key = (str(checkpoint), *sorted(options.items()))
+        if key not in made:
+            made[key] = Segmenter.from_checkpoint(checkpoint, **options)
+        return made[key]
+
+    yield make
+    for segmenter in made.values():
+        segmenter.close()
+
+
+@pytest.fixture(scope="session")
+def reference_segmenter(segmenter_of, calibrated_checkpoint: Path):
+    """ONNX Runtime on the calibrated checkpoint at its own input size (360x480): the offline
+    result the node, the bag tools and the pipeline must reproduce."""
+    return segmenter_of(calibrated_checkpoint, backend="onnxruntime")
+
+
+@pytest.fixture(scope="session")
+def bag_reference(reference_segmenter, camvid_root: Path) -> dict:
     """What bag evaluation and live replay of the shared bag must reproduce: the masks, mIoU and
-    per-class IoU of ``calibrated_checkpoint`` on the PNG files of the bag's frames
+    per-class IoU of ``reference_segmenter`` on the PNG files of the bag's frames
     (``_helpers.png_reference``). Treat as read-only (session-wide)."""
     from _helpers import png_reference
 
-    ref = png_reference(calibrated_checkpoint, camvid_root)
+    ref = png_reference(reference_segmenter, camvid_root)
     classes = set().union(*(np.unique(m).tolist() for m in ref["masks"]))
     assert len(classes) >= 4, "the reference masks should vary"
     assert not all(np.array_equal(ref["masks"][0], m) for m in ref["masks"][1:])
@@ -178,10 +243,52 @@ def ros_domain_env(tmp_path: Path) -> dict[str, str]:
     FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA, so best-effort messages over ~0.5 MB are lost between
     processes; tests that send such frames use reliable QoS (see docs/ros_interface.md).
     """
-    from dfanet_ros.harness import ros_environment
+    from dfanet_ros.graph import ros_environment
 
     base = 10 + (os.getpid() * 7) % 150
     domain = base + next(_domain_ids) % 70
-    env = ros_environment(domain, tmp_path / "ros_log")
+    env = ros_environment(domain, discovery_range="LOCALHOST")
+    env["ROS_LOG_DIR"] = str(tmp_path / "ros_log")  # the test's own, whatever HOME says
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+@pytest.fixture
+def ros_env(ros_domain_env: dict[str, str], monkeypatch) -> dict[str, str]:
+    """``ros_domain_env``, which this process joins too (a client node here talks to the node
+    processes of the test): the same ROS variables in os.environ for the test's duration."""
+    from dfanet_ros.graph import ROS_ENV_KEYS
+
+    for key in ROS_ENV_KEYS:
+        if key in ros_domain_env:
+            monkeypatch.setenv(key, ros_domain_env[key])
+    return ros_domain_env
+
+
+@pytest.fixture(scope="session")
+def installed_prefix(tmp_path_factory) -> Path:
+    """The package installed the way ``colcon build`` (without --symlink-install) installs it:
+    ``setup.py egg_info build install --single-version-externally-managed`` from a copy of the
+    package's files into a fresh prefix, so nothing of the checkout is reachable from it."""
+    import shutil
+    import subprocess
+    import sys
+
+    root = tmp_path_factory.mktemp("colcon")
+    source, build, prefix = root / "src", root / "build", root / "install"
+    source.mkdir()
+    build.mkdir()
+    for name in ("setup.py", "setup.cfg", "package.xml", "resource", "launch", "config",
+                 "weights", "dfanet_core", "dfanet_ros"):
+        origin = REPO_ROOT / name
+        if origin.is_dir():
+            shutil.copytree(origin, source / name,
+                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            shutil.copy2(origin, source / name)
+    command = [sys.executable, "setup.py", "-q", "egg_info", "--egg-base", str(build), "build",
+               "--build-base", str(build / "build"), "install", "--prefix", str(prefix),
+               "--record", str(build / "install.log"), "--single-version-externally-managed"]
+    done = subprocess.run(command, cwd=source, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return prefix

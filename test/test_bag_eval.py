@@ -1,4 +1,5 @@
-"""Offline bag evaluation (dfanet_ros.bag_eval) on the shared CamVid bag.
+"""Offline bag evaluation (python -m dfanet_ros.bag_eval, dfanet_ros.bag) on the shared CamVid
+bag.
 
 The reference is training/evaluate.py's evaluation of the same checkpoint over the CamVid PNG
 files of the bag's frames (Seq05VD_f00000 .. f00270) with the Segmenter and dfanet_core.metrics;
@@ -16,9 +17,9 @@ import numpy as np
 import pytest
 from _helpers import BAG_BACKEND, BAG_FRAMES, BAG_STAMPS, FIRST_STAMP, SECOND
 
-from dfanet_core.imaging import colorize, read_image, read_label
+from dfanet_core.imaging import colorize, overlay, read_image, read_label
+from dfanet_ros.bag.io import AtomicBagWriter, open_bag
 from dfanet_ros.bag_eval import main
-from dfanet_ros.bag_io import AtomicBagWriter, open_bag
 
 
 def run_eval(bag: Path, out: Path, checkpoint: Path, *extra: str,
@@ -28,7 +29,7 @@ def run_eval(bag: Path, out: Path, checkpoint: Path, *extra: str,
 
 
 @pytest.mark.parametrize("storage", ["sqlite3", "mcap"])
-def test_offline_eval_equals_png_evaluation(camvid_bag_dirs, calibrated_checkpoint,
+def test_offline_eval_equals_png_evaluation(camvid_bag_dirs, calibrated_checkpoint, camvid_root,
                                             bag_reference, tmp_path, storage):
     out = tmp_path / "eval"
     assert run_eval(camvid_bag_dirs[storage], out, calibrated_checkpoint,
@@ -41,11 +42,12 @@ def test_offline_eval_equals_png_evaluation(camvid_bag_dirs, calibrated_checkpoi
     latency = report["latency_ms"]
     assert latency["count"] == 10 and 0 < latency["p50"] <= latency["p99"] <= latency["max"]
     assert report["throughput_fps"] > 0
-    for name in ("report.md", "latency.png", "per_class_iou.png", "overlay_strip.png"):
-        assert (out / name).stat().st_size > 0, name
     assert f"{100 * bag_reference['miou']:.2f}%" in (out / "report.md").read_text()
-    assert report["outputs"]["video"] in (None, "overlay.mp4")
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp files left
+    assert_strip_and_video(out, camvid_root, bag_reference)
+    # the plots: decodable PNGs of the figure sizes, one IoU bar per class present
+    assert read_image(out / "latency.png").shape == (350, 800, 3)
+    assert_iou_bars(out / "per_class_iou.png", report["per_class_iou"])
 
     # The output bag: one mask and one colour image per input frame, same stamps and frame ids.
     with open_bag(out / "segmentation_bag") as bag:
@@ -60,6 +62,42 @@ def test_offline_eval_equals_png_evaluation(camvid_bag_dirs, calibrated_checkpoi
         np.testing.assert_array_equal(colour.array, colorize(expected, report_palette(out)))
 
 
+def assert_strip_and_video(out: Path, camvid_root: Path, reference: dict) -> None:
+    """overlay_strip.png: 8 tiles of 320 px (frames 0, 1, 3, 4, 5, 6, 8, 9 of 10), each the
+    overlay of the frame's reference mask over it above the colourized label; overlay.mp4 (this
+    machine's OpenCV writes mp4): all 10 overlays."""
+    palette = report_palette(out)
+    strip = read_image(out / "overlay_strip.png")
+    assert strip.shape == (2 * 240, 8 * (320 + 2), 3)
+    for tile, index in enumerate([0, 1, 3, 4, 5, 6, 8, 9]):
+        rgb = read_image(camvid_root / "test" / f"{BAG_FRAMES[index]}.png")
+        label = read_label(camvid_root / "testannot" / f"{BAG_FRAMES[index]}.png")
+        top = cv2.resize(overlay(rgb, reference["masks"][index], palette), (320, 240),
+                         interpolation=cv2.INTER_AREA)
+        bottom = cv2.resize(colorize(label, palette), (320, 240), interpolation=cv2.INTER_NEAREST)
+        left = tile * 322
+        np.testing.assert_array_equal(strip[:240, left:left + 320], top)
+        np.testing.assert_array_equal(strip[240:, left:left + 320], bottom)
+    video = cv2.VideoCapture(str(out / "overlay.mp4"))
+    frames = 0
+    while video.read()[0]:
+        frames += 1
+    assert frames == 10
+
+
+def assert_iou_bars(path: Path, per_class_iou: dict) -> None:
+    """The per-class IoU plot: one bar of dfanet_core.reports.IOU_BAR_COLOUR for each class
+    whose IoU is wide enough to draw (the bar lengths are checked in test_files_reports)."""
+    from dfanet_core.reports import IOU_BAR_COLOUR
+
+    image = read_image(path)
+    colour = np.array([int(IOU_BAR_COLOUR[i:i + 2], 16) for i in (1, 3, 5)])
+    bars = (np.abs(image.astype(int) - colour).sum(axis=2) < 10).astype(np.uint8)
+    count, _, stats, _ = cv2.connectedComponentsWithStats(bars)
+    drawn = [i for i in range(1, count) if stats[i, cv2.CC_STAT_AREA] > 20]
+    assert len(drawn) == sum(1 for v in per_class_iou.values() if v and v > 0.005)
+
+
 def report_palette(out: Path) -> list:
     from dfanet_core.checkpoint import read_checkpoint
 
@@ -67,11 +105,11 @@ def report_palette(out: Path) -> list:
     return read_checkpoint(report["checkpoint"])[1]["palette"]
 
 
-def test_compressed_topic_is_evaluated(camvid_bag_dirs, calibrated_checkpoint, tmp_path):
+def test_compressed_topic_is_evaluated(camvid_bag_dirs, calibrated_checkpoint,
+                                       reference_segmenter, tmp_path):
     from rosbags.highlevel import AnyReader
 
-    from dfanet_core import Segmenter
-
+    segmenter = reference_segmenter
     bag_dir = camvid_bag_dirs["mcap"]
     out = tmp_path / "jpeg"
     assert run_eval(bag_dir, out, calibrated_checkpoint, "--label-topic", "/camera/labels",
@@ -83,8 +121,8 @@ def test_compressed_topic_is_evaluated(camvid_bag_dirs, calibrated_checkpoint, t
         assert list(bag.topics) == ["/segmentation/mask"]
         masks = [m.array for m in bag.labels("/segmentation/mask")]
     # Expected: the JPEGs decoded here independently (rosbags + OpenCV, BGR -> RGB).
-    with AnyReader([bag_dir]) as reader, \
-            Segmenter.from_checkpoint(calibrated_checkpoint, backend=BAG_BACKEND) as segmenter:
+    assert segmenter.backend_name == BAG_BACKEND
+    with AnyReader([bag_dir]) as reader:
         connections = [c for c in reader.connections
                        if c.topic == "/camera/image_raw/compressed"]
         for (connection, _, raw), mask in zip(reader.messages(connections), masks, strict=True):
@@ -171,7 +209,7 @@ def test_truncated_and_empty_bags(camvid_bag_dirs, calibrated_checkpoint, tmp_pa
 
     from rosbags.rosbag2 import Writer
 
-    from dfanet_ros.bag_io import TYPESTORE
+    from dfanet_ros.bag.io import TYPESTORE
 
     empty = tmp_path / "empty"
     with Writer(empty, version=8) as writer:

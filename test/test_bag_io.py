@@ -1,4 +1,4 @@
-"""dfanet_ros.bag_io on the real shared bags and on damaged copies of them."""
+"""dfanet_ros.bag.io on the real shared bags and on damaged copies of them."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from _helpers import BAG_FRAMES, FIRST_STAMP, SECOND
 from rosbags.rosbag2 import StoragePlugin, Writer
 
 from dfanet_core.imaging import read_image, read_label
-from dfanet_ros.bag_io import (
+from dfanet_ros.bag.io import (
     COMPRESSED_TYPE,
     IMAGE_TYPE,
     TYPESTORE,

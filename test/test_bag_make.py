@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from dfanet_core.imaging import read_image, read_label, write_image
-from dfanet_ros.bag_io import COMPRESSED_TYPE, IMAGE_TYPE, open_bag
+from dfanet_ros.bag.io import COMPRESSED_TYPE, IMAGE_TYPE, open_bag
 from dfanet_ros.make_bag import main
 
 SECOND = 1_000_000_000

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import ast
 import importlib.util
+import sys
+import types
 from pathlib import Path
 
 import pytest
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, ReliabilityPolicy
 
+from dfanet_core.paths import REPO_ROOT
 from dfanet_ros import diagnostics as diag
 from dfanet_ros import launch_logic, params
 from dfanet_ros.qos import describe_qos, latched_qos, make_qos
 from dfanet_ros.stats import STAGES, TOTALS, PipelineStats
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 # -- parameters -------------------------------------------------------------------------------
@@ -86,10 +86,16 @@ def test_unknown_parameters_suggest_the_closest_name():
     ]
 
 
-def test_choices_match_the_runtime():
-    from dfanet_core.deploy import preprocess
+def test_runtime_choices_are_the_cores_own():
+    """The node takes backends, precisions and resize modes from dfanet_core (no copies)."""
+    from dfanet_core.deploy import options, preprocess
 
-    assert params.RESIZE_MODES == preprocess.RESIZE_MODES
+    assert params.BACKENDS is options.BACKENDS and params.PRECISIONS is options.PRECISIONS
+    assert params.RESIZE_MODES is options.RESIZE_MODES is preprocess.RESIZE_MODES
+    assert launch_logic.BACKENDS is options.BACKENDS
+    for name, choices in (("backend", options.BACKENDS), ("precision", options.PRECISIONS),
+                          ("resize_mode", options.RESIZE_MODES)):
+        assert params.SPECS[name].choices == choices
 
 
 # -- QoS --------------------------------------------------------------------------------------
@@ -302,12 +308,86 @@ def test_launch_plan_rejects_bad_arguments(arguments, message):
         launch_logic.plan_launch(arguments, "/share", environ={})
 
 
-def test_launch_file_declares_every_argument_through_the_plan():
+class _Recorded:
+    """A stand-in launch action: remembers how the launch file built it."""
+
+    def __init__(self, *args, **kwargs):
+        self.args, self.kwargs = args, kwargs
+        self.name = kwargs.get("name", args[0] if args else None)
+
+
+def _stand_in_launch(monkeypatch) -> types.SimpleNamespace:
+    """Minimal ``launch``/``launch_ros`` modules (not installable from PyPI) that record what the
+    launch file asks of them; LaunchConfiguration reads the values of the launch context."""
+    classes = {name: type(name, (_Recorded,), {}) for name in (
+        "DeclareLaunchArgument", "OpaqueFunction", "SetEnvironmentVariable", "Node")}
+
+    class LaunchDescription(_Recorded):
+        @property
+        def entities(self):
+            return self.args[0]
+
+    class LaunchConfiguration:
+        def __init__(self, name):
+            self.name = name
+
+        def perform(self, context):
+            return context.launch_configurations[self.name]
+
+    modules = {
+        "launch": {},
+        "launch.actions": {k: classes[k] for k in ("DeclareLaunchArgument", "OpaqueFunction",
+                                                   "SetEnvironmentVariable")},
+        "launch.launch_description": {"LaunchDescription": LaunchDescription},
+        "launch.substitutions": {"LaunchConfiguration": LaunchConfiguration},
+        "launch_ros": {},
+        "launch_ros.actions": {"Node": classes["Node"]},
+    }
+    for name, members in modules.items():
+        module = types.ModuleType(name)
+        module.__dict__.update(members)
+        monkeypatch.setitem(sys.modules, name, module)
+    return types.SimpleNamespace(**classes, LaunchDescription=LaunchDescription)
+
+
+def test_launch_file_starts_the_node_the_plan_describes(monkeypatch, installed_prefix):
+    """segment.launch.py run against stand-in launch classes and the real ament index of a
+    colcon-style install: it declares every argument and starts the node as plan_launch says
+    (params file from the package's share directory, overrides, remappings, namespace, the
+    Fast DDS variable)."""
+    launch = _stand_in_launch(monkeypatch)
+    monkeypatch.setenv("AMENT_PREFIX_PATH", str(installed_prefix))
+    monkeypatch.delenv(launch_logic.FASTDDS_TRANSPORT_VARIABLE, raising=False)
+    spec = importlib.util.spec_from_file_location(
+        "segment_launch", installed_prefix / "share/dfanet_ros/launch/segment.launch.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    description = module.generate_launch_description()
+    declared = [e for e in description.entities if isinstance(e, launch.DeclareLaunchArgument)]
+    assert [(d.name, d.kwargs["default_value"], d.kwargs.get("choices")) for d in declared] == [
+        (a.name, a.default, list(a.choices) if a.choices else None)
+        for a in launch_logic.LAUNCH_ARGUMENTS]
+    (opaque,) = [e for e in description.entities if isinstance(e, launch.OpaqueFunction)]
+
+    values = {a.name: a.default for a in launch_logic.LAUNCH_ARGUMENTS}
+    values.update(image="/cam1/image_raw", input_type="compressed", namespace="cam1",
+                  backend="tensorrt")
+    context = types.SimpleNamespace(launch_configurations=values)
+    *environment, node = opaque.kwargs["function"](context)
+    assert [(e.args, e.kwargs) for e in environment] == [
+        (("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA"), {})]
+    share_params = installed_prefix / "share/dfanet_ros/config/segment.yaml"
+    assert isinstance(node, launch.Node) and node.kwargs == {
+        "package": "dfanet_ros", "executable": "segment_node", "name": "segment_node",
+        "namespace": "cam1",
+        "parameters": [str(share_params), {"input_type": "compressed", "backend": "tensorrt"}],
+        "remappings": [("image", "/cam1/image_raw"),
+                       ("image/compressed", "/cam1/image_raw/compressed")],
+        "output": "screen", "emulate_tty": True,
+    }
+    assert share_params.is_file()
     source = (REPO_ROOT / "launch" / "segment.launch.py").read_text()
-    tree = ast.parse(source)
-    functions = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
-    assert "generate_launch_description" in functions
-    assert "plan_launch" in source and "LAUNCH_ARGUMENTS" in source
     assert "eval(" not in source and "subprocess" not in source
 
 
@@ -365,29 +445,33 @@ def test_interface_doc_lists_every_parameter_and_key():
 
 
 # -- node start-up helpers --------------------------------------------------------------------
-def test_segmenter_options_follow_the_parameters():
-    from dfanet_ros.segment_node import segmenter_options
+def test_runtime_options_follow_the_parameters():
+    from dfanet_core.deploy.options import RuntimeOptions, TensorRTOptions
 
-    cpu = segmenter_options(params.config_from_values({"backend": "onnxruntime"}), True)
-    assert "device" not in cpu and cpu["input_size"] is None and cpu["intra_op_threads"] is None
-    gpu = segmenter_options(params.config_from_values(
+    cpu = params.runtime_options(params.config_from_values({"backend": "onnxruntime"}), True)
+    assert cpu == RuntimeOptions(backend="onnxruntime", precision="fp32")
+    gpu = params.runtime_options(params.config_from_values(
         {"backend": "tensorrt", "precision": "fp16", "gpu_id": 1, "threads": 2,
-         "engine_cache_dir": "/cache", "force_engine_update": True, "input_size": [512, 1024]}
+         "engine_cache_dir": "/cache", "force_engine_update": True, "input_size": [512, 1024],
+         "resize_mode": "letterbox"}
     ), True)
-    assert gpu["device"] == "cuda:1" and gpu["precision"] == "fp16"
-    assert gpu["engine_cache_dir"] == gpu["onnx_cache_dir"] == "/cache"
-    assert gpu["force_rebuild"] is True and gpu["intra_op_threads"] == 2
-    assert gpu["input_size"] == (512, 1024)
-    assert "device" not in segmenter_options(params.config_from_values({}), False)
-    onnx = segmenter_options(params.config_from_values({"onnx_path": "/m.onnx"}), False)
-    assert "input_size" not in onnx and "onnx_cache_dir" not in onnx  # the file fixes them
+    assert gpu == RuntimeOptions(
+        backend="tensorrt", precision="fp16", device="cuda:1", input_size=(512, 1024),
+        resize_mode="letterbox", intra_op_threads=2, onnx_cache_dir=Path("/cache"),
+        engine_cache_dir=Path("/cache"), tensorrt=TensorRTOptions(force_rebuild=True))
+    assert params.runtime_options(params.config_from_values({}), False).device is None
+    onnx = params.runtime_options(params.config_from_values(
+        {"onnx_path": "/m.onnx", "input_size": [512, 1024], "engine_cache_dir": "/c"}), False)
+    assert onnx.input_size is None and onnx.onnx_cache_dir is None  # the file fixes them
+    assert onnx.engine_cache_dir == Path("/c")
 
 
 def test_model_source_must_exist(tmp_path):
-    from dfanet_ros.segment_node import resolve_model_source
-
     model = tmp_path / "m.onnx"
     model.write_bytes(b"x")
-    assert resolve_model_source(params.config_from_values({"onnx_path": str(model)})) == model
+    assert params.model_source(params.config_from_values({"onnx_path": str(model)})) == model
     with pytest.raises(params.ParameterError, match="parameter 'checkpoint': file not found"):
-        resolve_model_source(params.config_from_values({"checkpoint": str(tmp_path / "no")}))
+        params.model_source(params.config_from_values({"checkpoint": str(tmp_path / "no")}))
+    from dfanet_core.files import default_checkpoint
+
+    assert params.model_source(params.config_from_values({})) == default_checkpoint()

@@ -21,15 +21,7 @@ from dfanet_core.metrics import ConfusionMatrix
 from training import evaluate as evaluate_script
 from training import pretrain_backbone, train
 
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    """One torch thread: on a busy 2-core machine OpenMP threads waiting for each other slow
-    small tensors ~10x."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
 
 def run_evaluate(*argv: str) -> dict:

@@ -33,13 +33,7 @@ SCRATCH = ["--aux-weight", "0.4", "--ema-decay", "0.9", "--class-weights", "cgne
            "--scale-range", "0.5", "2.0"]  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """One torch thread: runs compared bit for bit need the same thread count."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
 
 def run_main(camvid_root: Path, out: Path, *extra: str) -> dict:

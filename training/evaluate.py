@@ -17,7 +17,6 @@ same module training and bag replay use.
 from __future__ import annotations
 
 import argparse
-import io
 import logging
 import sys
 import time
@@ -38,10 +37,19 @@ from dfanet_core.data import (
     cityscapes_trainid_to_labelid,
 )
 from dfanet_core.deploy.preprocess import plan_placement, preprocess_torch
-from dfanet_core.imaging import atomic_write_bytes, colorize, overlay, write_image
-from dfanet_core.metrics import ConfusionMatrix, GroupedConfusion, to_jsonable
+from dfanet_core.files import atomic_write_text
+from dfanet_core.imaging import colorize, overlay, write_image
+from dfanet_core.metrics import GroupedConfusion, to_jsonable
 from dfanet_core.models.fusion import fp16_range_report
 from dfanet_core.paths import data_root
+from dfanet_core.reports import (
+    fmt,
+    markdown_table,
+    plot_confusion,
+    plot_per_class_iou,
+    pyplot,
+    save_figure,
+)
 from dfanet_core.train.logs import read_train_log, save_json, setup_logging
 
 LOG = logging.getLogger("dfanet.evaluate")
@@ -184,7 +192,7 @@ def build_report(
 
 def markdown_report(report: dict[str, Any]) -> str:
     def pct(v):
-        return "n/a" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{100 * v:.2f}"
+        return fmt(v, 100, 2)
 
     lines = [
         f"# Evaluation of `{report['checkpoint']}`",
@@ -207,77 +215,21 @@ def markdown_report(report: dict[str, Any]) -> str:
             f"max |activation| {fp16['max_abs_activation']:.4g} over {fp16['images']} images "
             f"({'within' if fp16['within_fp16'] else 'OUTSIDE'} float16's 65504, no clamping)"
         )
-    lines += [
-        "",
-        "| sequence | mIoU % | pixel accuracy % |",
-        "|---|---:|---:|",
-    ]
-    for name, row in report["per_sequence"].items():
-        lines.append(f"| {name} | {pct(row['miou'])} | {pct(row['pixel_accuracy'])} |")
-    lines += [
-        "",
-        "| class | IoU % | accuracy % | GT pixels |",
-        "|---|---:|---:|---:|",
-    ]
-    for name, row in report["per_class"].items():
-        lines.append(f"| {name} | {pct(row['iou'])} | {pct(row['accuracy'])} | {row['pixels']} |")
+    lines.append("")
+    lines += markdown_table(("sequence", "mIoU %", "pixel accuracy %"), [
+        (name, pct(row["miou"]), pct(row["pixel_accuracy"]))
+        for name, row in report["per_sequence"].items()
+    ], "lrr")  # fmt: skip
+    lines.append("")
+    lines += markdown_table(("class", "IoU %", "accuracy %", "GT pixels"), [
+        (name, pct(row["iou"]), pct(row["accuracy"]), row["pixels"])
+        for name, row in report["per_class"].items()
+    ], "lrrr")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
-def _pyplot():
-    """matplotlib.pyplot on the non-interactive Agg backend (no display needed)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save_figure(fig, path: Path) -> Path:
-    plt = _pyplot()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return atomic_write_bytes(path, buffer.getvalue())
-
-
-def plot_per_class_iou(report: dict[str, Any], path: Path) -> Path:
-    plt = _pyplot()
-    names = list(report["per_class"])
-    values = [100 * (report["per_class"][n]["iou"] or 0.0) for n in names]
-    fig, ax = plt.subplots(figsize=(7, 0.35 * len(names) + 1.2))
-    ax.barh(names[::-1], values[::-1], color="#4878a8")
-    ax.axvline(100 * (report["miou"] or 0.0), color="#c44e52", linestyle="--", label="mIoU")
-    ax.set_xlim(0, 100)
-    ax.set_xlabel("IoU (%)")
-    ax.set_title(f"Per-class IoU, {report['dataset']} {report['split']}")
-    ax.legend(loc="lower right")
-    return _save_figure(fig, path)
-
-
-def plot_confusion(matrix: ConfusionMatrix, class_names: Sequence[str], path: Path) -> Path:
-    plt = _pyplot()
-    norm = matrix.normalized()
-    size = 0.45 * len(class_names) + 2
-    fig, ax = plt.subplots(figsize=(size, size))
-    image = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(len(class_names)), class_names, rotation=90)
-    ax.set_yticks(range(len(class_names)), class_names)
-    ax.set_xlabel("prediction")
-    ax.set_ylabel("ground truth")
-    ax.set_title("Confusion matrix (rows normalized)")
-    if len(class_names) <= 20:
-        for (i, j), v in np.ndenumerate(norm):
-            if v >= 0.01:
-                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6,
-                        color="white" if v > 0.5 else "black")  # fmt: skip
-    fig.colorbar(image, ax=ax, fraction=0.046)
-    return _save_figure(fig, path)
-
-
 def plot_training_curves(log_path: Path, path: Path) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     rows = read_train_log(log_path)
     if not rows:
         raise ValueError(f"training log {log_path} has no rows")
@@ -301,7 +253,7 @@ def plot_training_curves(log_path: Path, path: Path) -> Path:
     ax_miou.legend(loc="lower right")
     ax_loss.set_title("Training loss and LR")
     ax_miou.set_title("Evaluation mIoU (curve only, no selection)")
-    return _save_figure(fig, path)
+    return save_figure(fig, path, dpi=120)
 
 
 def overlay_panel(image: np.ndarray, label: np.ndarray, mask: np.ndarray, palette) -> np.ndarray:
@@ -348,9 +300,12 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         images = [dataset.load(i)[0] for i in range(min(args.fp16_check_images, len(dataset)))]
         report["fp16_check"] = fp16_range_report(model, images, meta["mean"], meta["std"])
     save_json(out / "report.json", report)
-    atomic_write_bytes(out / "report.md", markdown_report(to_jsonable(report)).encode())
-    plot_per_class_iou(to_jsonable(report), out / "per_class_iou.png")
-    plot_confusion(matrix.total(), meta["class_names"], out / "confusion_matrix.png")
+    plain = to_jsonable(report)
+    atomic_write_text(out / "report.md", markdown_report(plain))
+    plot_per_class_iou({name: row["iou"] for name, row in plain["per_class"].items()},
+                       out / "per_class_iou.png",
+                       f"Per-class IoU, {plain['dataset']} {plain['split']}", plain["miou"])
+    plot_confusion(matrix.total().normalized(), meta["class_names"], out / "confusion_matrix.png")
     if args.train_log:
         plot_training_curves(args.train_log, out / "training_curves.png")
     LOG.info(

@@ -14,8 +14,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..files import IMAGE_SUFFIXES
 from ..imaging import read_image
-from .datasets import IMAGE_SUFFIXES, DatasetError
+from .datasets import DatasetError
 from .transforms import Normalize
 
 

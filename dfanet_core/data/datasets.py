@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Dataset
 
+from ..files import IMAGE_SUFFIXES
 from ..imaging import read_image, read_label
 from .info import (
     CAMVID,
@@ -33,7 +34,6 @@ from .info import (
     generic_info,
 )
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff")
 INVALID = -1  # lookup-table value of a label that is neither a class nor ignored
 
 Transform = Callable[..., Any]

@@ -37,8 +37,8 @@ import torch
 from torch import nn
 
 from ..checkpoint import CheckpointError, load_checkpoint
+from ..files import atomic_path, default_cache_dir, sha256_file
 from ..models.fusion import fuse_conv_bn
-from ._io import atomic_path, sha256_file
 from .preprocess import plan_placement, preprocess_numpy
 
 LOG = logging.getLogger(__name__)
@@ -352,6 +352,45 @@ def export_checkpoint(
     return export_onnx(model, path, meta=meta, input_size=size, extra_export_info=extra, **kwargs)
 
 
+def cached_onnx_export(
+    checkpoint: str | os.PathLike[str],
+    input_size: tuple[int, int],
+    max_batch_size: int,
+    precision: str,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> Path:
+    """The checkpoint's classes-head ONNX (with confidence) for this input size, batch and
+    precision: reused from ``cache_dir`` when present and readable, else exported there
+    atomically. The file name is the cache key: checkpoint sha256, H x W, batch (1 or dynamic),
+    precision and the export format version."""
+    folder = Path(cache_dir) if cache_dir else default_cache_dir("onnx")
+    digest = sha256_file(checkpoint)[:16]
+    batch = "b1" if max_batch_size == 1 else "bdyn"
+    name = (
+        f"dfanet-{digest}-{input_size[0]}x{input_size[1]}-{batch}-{precision}"
+        f"-classes-v{EXPORT_FORMAT_VERSION}.onnx"
+    )
+    path = folder / name
+    if path.is_file():
+        try:
+            read_onnx_info(path)
+        except OnnxModelError as exc:
+            LOG.warning("re-exporting: %s", exc)
+        else:
+            LOG.debug("reusing ONNX export %s", path)
+            return path
+    LOG.info("exporting %s to %s (first use of this checkpoint/size)", checkpoint, path)
+    return export_checkpoint(
+        checkpoint,
+        path,
+        input_size=input_size,
+        dynamic_batch=max_batch_size > 1,
+        head="classes",
+        confidence=True,
+        precision=precision,
+    )
+
+
 def onnxruntime_session(path: str | os.PathLike[str], intra_op_threads: int | None = None):
     """An ONNX Runtime CPU session with full graph optimization; raises ImportError naming the
     package if onnxruntime is missing."""
@@ -419,12 +458,10 @@ def check_parity(
 
 
 def _load_parity_images(folder: Path, count: int) -> list[np.ndarray]:
+    from ..files import list_images
     from ..imaging import read_image
 
-    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
-    if not paths:
-        raise FileNotFoundError(f"no .png/.jpg images in {folder}")
-    return [read_image(p) for p in paths[:count]]
+    return [read_image(p) for p in list_images(folder, limit=count)]
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -19,7 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-RESIZE_MODES = ("stretch", "letterbox")
+from .options import RESIZE_MODES
+
 CHANNEL_ORDERS = ("RGB", "BGR")
 
 

@@ -18,17 +18,14 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from .. import imaging
-from ..checkpoint import load_checkpoint, read_checkpoint
-from ._io import default_cache_dir, sha256_file
-from .backends import Backend, BackendUnavailableError, resolve_backend
-from .export import EXPORT_FORMAT_VERSION, OnnxModelError, export_checkpoint, read_onnx_info
+from .backends import Backend, make_backend
+from .options import RuntimeOptions
 from .preprocess import (
     Placement,
     check_channel_order,
@@ -59,8 +56,9 @@ class SegmentationResult:
 
 
 class Segmenter:
-    """Segment images with any backend; see the module docstring. Build one with
-    :meth:`from_checkpoint` or :meth:`from_onnx`."""
+    """Segment images with any backend; see the module docstring. Build one with :meth:`load`
+    (a path and :class:`RuntimeOptions`), :meth:`from_checkpoint` or :meth:`from_onnx` (keyword
+    arguments)."""
 
     def __init__(self, backend: Backend, meta: dict[str, Any], *, resize_mode: str = "stretch"):
         self.backend = backend
@@ -71,172 +69,41 @@ class Segmenter:
     # -- construction ---------------------------------------------------------------------------
 
     @classmethod
-    def from_checkpoint(
-        cls,
-        path: str | os.PathLike[str],
-        *,
-        backend: str = "auto",
-        input_size: Sequence[int] | None = None,
-        precision: str = "fp32",
-        resize_mode: str = "stretch",
-        device: str | torch.device | None = None,
-        engine_cache_dir: str | os.PathLike[str] | None = None,
-        onnx_cache_dir: str | os.PathLike[str] | None = None,
-        max_batch_size: int = 1,
-        intra_op_threads: int | None = None,
-        cuda_graphs: bool = False,
-        channels_last: bool | None = None,
-        workspace_mib: int = 2048,
-        calibration_images: Any = None,
-        calibration_cache: str | os.PathLike[str] | None = None,
-        force_rebuild: bool = False,
+    def load(
+        cls, path: str | os.PathLike[str], options: RuntimeOptions = RuntimeOptions()
     ) -> Segmenter:
-        """A Segmenter for a dfanet checkpoint.
+        """A Segmenter for a dfanet checkpoint (.safetensors) or ONNX export (.onnx), run as
+        ``options`` say (see :func:`dfanet_core.deploy.backends.make_backend`)."""
+        backend = make_backend(path, options)
+        return cls(backend, backend.meta, resize_mode=options.resize_mode)
 
-        ``input_size`` (H, W) None uses ``meta['input_size']``. ONNX Runtime and TensorRT run the
-        checkpoint's classes-head ONNX export, cached in ``onnx_cache_dir`` (default
-        ``~/.cache/dfanet/onnx``, keyed by checkpoint sha256, input size, batch and precision);
-        TensorRT engines are cached in ``engine_cache_dir`` (default ``~/.cache/dfanet/engines``).
-        ``max_batch_size`` > 1 exports a dynamic batch (TensorRT profile 1..max_batch_size).
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike[str], **keywords: Any) -> Segmenter:
+        """A Segmenter for a dfanet checkpoint; ``keywords`` are the fields of
+        :class:`~dfanet_core.deploy.options.RuntimeOptions` (``backend='auto'``,
+        ``input_size=None`` = ``meta['input_size']``, ``precision='fp32'``,
+        ``resize_mode='stretch'``, ``device``, ``engine_cache_dir``, ``onnx_cache_dir``,
+        ``max_batch_size=1``, ``intra_op_threads``, ``cuda_graphs``, ``channels_last``) plus the
+        TensorRT ones (``workspace_mib``, ``calibration_images``, ``calibration_cache``,
+        ``force_rebuild``).
+
+        ONNX Runtime and TensorRT run the checkpoint's classes-head ONNX export, cached in
+        ``onnx_cache_dir`` (default ``~/.cache/dfanet/onnx``, keyed by checkpoint sha256, input
+        size, batch and precision); TensorRT engines are cached in ``engine_cache_dir`` (default
+        ``~/.cache/dfanet/engines``). ``max_batch_size`` > 1 exports a dynamic batch.
         """
-        name = resolve_backend(backend, device)
-        _, meta = read_checkpoint(path)
-        size = _input_size(input_size, meta)
-        if max_batch_size < 1:
-            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
-        if name == "torch":
-            from .backends.torch_backend import TorchBackend
-
-            model, meta = load_checkpoint(path)
-            runner = TorchBackend(
-                model,
-                input_size=size,
-                device=device,
-                precision=precision,
-                channels_last=channels_last,
-                cuda_graphs=cuda_graphs,
-                max_batch_size=max_batch_size,
-            )
-            return cls(runner, meta, resize_mode=resize_mode)
-        if name == "onnxruntime":
-            _require_precision(name, precision, ("fp32",))
-            onnx_path = cached_onnx_export(path, size, max_batch_size, "fp32", onnx_cache_dir)
-            return cls._with_onnxruntime(
-                onnx_path, meta, resize_mode, intra_op_threads, max_batch_size
-            )
-        _require_precision(name, precision, ("fp32", "fp16", "int8"))
-        onnx_path = cached_onnx_export(
-            path, size, max_batch_size, _tensorrt_onnx_precision(precision), onnx_cache_dir
-        )
-        return cls._with_tensorrt(
-            onnx_path,
-            meta,
-            resize_mode,
-            precision,
-            device,
-            engine_cache_dir,
-            max_batch_size,
-            workspace_mib,
-            calibration_images,
-            calibration_cache,
-            force_rebuild,
-        )
+        options = RuntimeOptions.from_keywords(**keywords)
+        backend = make_backend(path, options, onnx=False)
+        return cls(backend, backend.meta, resize_mode=options.resize_mode)
 
     @classmethod
-    def from_onnx(
-        cls,
-        path: str | os.PathLike[str],
-        *,
-        backend: str = "auto",
-        precision: str | None = None,
-        resize_mode: str = "stretch",
-        device: str | torch.device | None = None,
-        engine_cache_dir: str | os.PathLike[str] | None = None,
-        max_batch_size: int | None = None,
-        intra_op_threads: int | None = None,
-        workspace_mib: int = 2048,
-        calibration_images: Any = None,
-        calibration_cache: str | os.PathLike[str] | None = None,
-        force_rebuild: bool = False,
-    ) -> Segmenter:
+    def from_onnx(cls, path: str | os.PathLike[str], **keywords: Any) -> Segmenter:
         """A Segmenter for a dfanet ONNX export (either head); its metadata supplies the classes,
-        palette, normalization and input size. Backends: onnxruntime or tensorrt."""
-        info = read_onnx_info(path)
-        name = resolve_backend(backend, device)
-        if name == "torch":
-            if backend == "torch":
-                raise ValueError("the torch backend needs a checkpoint; use from_checkpoint")
-            name = "onnxruntime"
-        if name == "onnxruntime":
-            _require_precision(name, precision or "fp32", ("fp32", info.precision))
-            return cls._with_onnxruntime(
-                path, info.meta, resize_mode, intra_op_threads, max_batch_size
-            )
-        precision = precision or info.precision
-        return cls._with_tensorrt(
-            path,
-            info.meta,
-            resize_mode,
-            precision,
-            device,
-            engine_cache_dir,
-            max_batch_size or 1,
-            workspace_mib,
-            calibration_images,
-            calibration_cache,
-            force_rebuild,
-        )
-
-    @classmethod
-    def _with_onnxruntime(cls, onnx_path, meta, resize_mode, intra_op_threads, max_batch_size):
-        from .backends.ort_backend import OnnxRuntimeBackend
-
-        runner = OnnxRuntimeBackend(
-            onnx_path, intra_op_threads=intra_op_threads, max_batch_size=max_batch_size
-        )
-        return cls(runner, meta, resize_mode=resize_mode)
-
-    @classmethod
-    def _with_tensorrt(
-        cls,
-        onnx_path,
-        meta,
-        resize_mode,
-        precision,
-        device,
-        engine_cache_dir,
-        max_batch_size,
-        workspace_mib,
-        calibration_images,
-        calibration_cache,
-        force_rebuild,
-    ):
-        from .backends.tensorrt_backend import TensorRTBackend
-        from .tensorrt.builder import BuildOptions, resolve_calibration_images
-
-        cache_dir = Path(engine_cache_dir) if engine_cache_dir else default_cache_dir("engines")
-        onnx_path = Path(onnx_path)
-        options = BuildOptions(
-            precision=precision,
-            workspace_mib=workspace_mib,
-            max_batch_size=max_batch_size,
-            timing_cache=cache_dir / "timing.cache",
-            calibration_images=(
-                resolve_calibration_images(calibration_images)
-                if calibration_images is not None
-                else None
-            ),
-            calibration_cache=(
-                Path(calibration_cache)
-                if calibration_cache
-                else cache_dir / f"{onnx_path.stem}.calibration.cache"
-            ),
-        )
-        engine_path = cache_dir / f"{onnx_path.stem}.{precision}.engine"
-        runner = TensorRTBackend(
-            onnx_path, engine_path, options=options, device=device, force_rebuild=force_rebuild
-        )
-        return cls(runner, meta, resize_mode=resize_mode)
+        palette, normalization and input size. Backends: onnxruntime or tensorrt. ``keywords``
+        as for :meth:`from_checkpoint` (``precision`` defaults to the export's)."""
+        options = RuntimeOptions.from_keywords(**keywords)
+        backend = make_backend(path, options, onnx=True)
+        return cls(backend, backend.meta, resize_mode=options.resize_mode)
 
     # -- properties -----------------------------------------------------------------------------
 
@@ -414,73 +281,3 @@ def _restore(
         masks = [m.cpu().numpy() for m in masks]
         confs = [c.float().cpu().numpy() for c in confs]
     return masks, confs
-
-
-def _input_size(input_size: Sequence[int] | None, meta: dict[str, Any]) -> tuple[int, int]:
-    size = tuple(int(v) for v in (input_size if input_size is not None else meta["input_size"]))
-    if len(size) != 2 or min(size) < 32:
-        raise ValueError(f"input_size must be (H, W) with both >= 32, got {input_size}")
-    return size  # type: ignore[return-value]
-
-
-def _require_precision(backend: str, precision: str, allowed: Sequence[str]) -> None:
-    if precision not in allowed:
-        hint = {
-            "onnxruntime": "use backend='torch' on CUDA or 'tensorrt' for fp16/int8",
-            "torch": "fp16 needs CUDA",
-        }.get(backend, "")
-        raise ValueError(
-            f"backend {backend!r} supports precision {tuple(dict.fromkeys(allowed))}, got "
-            f"{precision!r}" + (f"; {hint}" if hint else "")
-        )
-
-
-def _tensorrt_onnx_precision(precision: str) -> str:
-    """fp16 engines come from an fp16 ONNX where the TensorRT has no FP16 builder flag (RTX)."""
-    if precision != "fp16":
-        return "fp32"
-    from .tensorrt.api import load_tensorrt
-
-    try:
-        return "fp32" if load_tensorrt().has_fp16_flag else "fp16"
-    except ImportError as exc:
-        raise BackendUnavailableError(str(exc)) from None
-
-
-def cached_onnx_export(
-    checkpoint: str | os.PathLike[str],
-    input_size: tuple[int, int],
-    max_batch_size: int,
-    precision: str,
-    cache_dir: str | os.PathLike[str] | None = None,
-) -> Path:
-    """The checkpoint's classes-head ONNX (with confidence) for this input size, batch and
-    precision: reused from ``cache_dir`` when present and readable, else exported there
-    atomically. The file name is the cache key: checkpoint sha256, H x W, batch (1 or dynamic),
-    precision and the export format version."""
-    folder = Path(cache_dir) if cache_dir else default_cache_dir("onnx")
-    digest = sha256_file(checkpoint)[:16]
-    batch = "b1" if max_batch_size == 1 else "bdyn"
-    name = (
-        f"dfanet-{digest}-{input_size[0]}x{input_size[1]}-{batch}-{precision}"
-        f"-classes-v{EXPORT_FORMAT_VERSION}.onnx"
-    )
-    path = folder / name
-    if path.is_file():
-        try:
-            read_onnx_info(path)
-        except OnnxModelError as exc:
-            LOG.warning("re-exporting: %s", exc)
-        else:
-            LOG.debug("reusing ONNX export %s", path)
-            return path
-    LOG.info("exporting %s to %s (first use of this checkpoint/size)", checkpoint, path)
-    return export_checkpoint(
-        checkpoint,
-        path,
-        input_size=input_size,
-        dynamic_batch=max_batch_size > 1,
-        head="classes",
-        confidence=True,
-        precision=precision,
-    )

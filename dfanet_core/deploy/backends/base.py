@@ -11,7 +11,7 @@ pre- and post-processing stay on the GPU.
 from __future__ import annotations
 
 import abc
-from typing import ClassVar, Union
+from typing import Any, ClassVar, Union
 
 import numpy as np
 import torch
@@ -35,6 +35,8 @@ class Backend(abc.ABC):
     input_size: tuple[int, int]
     #: Largest batch one :meth:`infer` call accepts.
     max_batch_size: int
+    #: The model's metadata (classes, palette, normalization, input size; see checkpoint.py).
+    meta: dict[str, Any]
 
     @property
     def uses_torch(self) -> bool:

@@ -35,6 +35,7 @@ class OnnxRuntimeBackend(Backend):
             self.session = onnxruntime_session(onnx_path, intra_op_threads)
         except ImportError as exc:
             raise BackendUnavailableError(str(exc)) from None
+        self.meta = self.info.meta
         self.device = torch.device("cpu")
         self.precision = self.info.precision
         self.input_size = self.info.input_size

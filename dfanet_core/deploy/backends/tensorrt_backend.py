@@ -46,6 +46,7 @@ class TensorRTBackend(Backend):
         self.runner.activate()
         self.device = self.runner.device
         self.precision = options.precision
+        self.meta = onnx_info.meta
         self.input_size = onnx_info.input_size
         self.input_name = onnx_info.input_name
         self.max_batch_size = int(self.runner.max_input_shape(self.input_name)[0])

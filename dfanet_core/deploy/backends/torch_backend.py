@@ -3,14 +3,17 @@ is not installed. On CUDA: fp16 weights, channels_last memory format and optiona
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 from torch import nn
 
 from ...models.fusion import fuse_conv_bn
+from ..options import BACKEND_PRECISIONS
 from .base import Array, Backend, classes_from_logits
 
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = BACKEND_PRECISIONS["torch"]
 
 
 class TorchBackend(Backend):
@@ -33,6 +36,7 @@ class TorchBackend(Backend):
         channels_last: bool | None = None,
         cuda_graphs: bool = False,
         max_batch_size: int = 8,
+        meta: dict[str, Any] | None = None,
     ):
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if self.device.type == "cuda" and self.device.index is None:
@@ -49,6 +53,7 @@ class TorchBackend(Backend):
         if cuda_graphs and not on_cuda:
             raise ValueError("cuda_graphs=True needs a CUDA device")
         self.precision = precision
+        self.meta = dict(meta or {})
         self.input_size = (int(input_size[0]), int(input_size[1]))
         self.max_batch_size = int(max_batch_size)
         self.dtype = torch.float16 if precision == "fp16" else torch.float32

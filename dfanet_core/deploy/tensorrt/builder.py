@@ -25,12 +25,12 @@ from pathlib import Path
 import onnx
 from tqdm import tqdm
 
-from .._io import atomic_write_bytes
+from ...files import atomic_write_bytes
+from ..options import PRECISIONS
 from .api import TensorRTInfo, TrtLogger, load_tensorrt
 
 LOG = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "fp16", "int8")
 INT8_REQUIRES = "the full TensorRT 10 (`pip install tensorrt` from NVIDIA's index)"
 
 

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .._io import atomic_write_bytes, atomic_write_json, sha256_bytes, sha256_file
+from ...files import atomic_write_bytes, atomic_write_json, sha256_bytes, sha256_file
 from .api import TensorRTInfo, load_tensorrt
 from .builder import BuildOptions, BuildResult, build_engine, input_profile, load_onnx_model
 

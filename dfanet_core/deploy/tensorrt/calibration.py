@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx
 
-from .._io import atomic_write_bytes
+from ...files import IMAGE_SUFFIXES, atomic_write_bytes, list_images
 from ..preprocess import plan_placement, preprocess_numpy
 from .api import TensorRTInfo
 
@@ -28,7 +28,6 @@ if TYPE_CHECKING:
 
 LOG = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 #: Used only when an ONNX carries no dfanet normalization metadata.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -43,7 +42,10 @@ def calibration_image_paths(
     if isinstance(source, (str, os.PathLike)):
         root = Path(source)
         if root.is_dir():
-            paths = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            try:
+                paths = list_images(root)
+            except ValueError:  # no image there: reported below
+                paths = []
         elif root.is_file() and root.suffix.lower() == ".txt":
             lines = [ln.strip() for ln in root.read_text().splitlines()]
             paths = [(root.parent / ln) for ln in lines if ln and not ln.startswith("#")]
@@ -57,7 +59,9 @@ def calibration_image_paths(
     if missing:
         raise FileNotFoundError(f"calibration images not found: {missing[:5]}")
     if not paths:
-        raise FileNotFoundError(f"no calibration images (.png/.jpg) in {source}")
+        raise FileNotFoundError(
+            f"no calibration images ({', '.join(IMAGE_SUFFIXES)}) in {source}"
+        )
     return paths
 
 

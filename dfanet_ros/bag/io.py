@@ -26,7 +26,8 @@ from rosbags.highlevel import AnyReader
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
-from dfanet_ros import conversions
+from .. import conversions
+from ..conversions import stamp_to_ns
 
 LOG = logging.getLogger(__name__)
 
@@ -71,13 +72,6 @@ class StampedImage:
     log_time_ns: int   # when the recorder received it: what replay timing follows
     frame_id: str
     array: np.ndarray
-
-
-def stamp_to_ns(stamp: Any) -> int:
-    """builtin_interfaces/Time (ROS 2 sec/nanosec, ROS 1 secs/nsecs) -> integer nanoseconds."""
-    sec = getattr(stamp, "sec", getattr(stamp, "secs", 0))
-    nanosec = getattr(stamp, "nanosec", getattr(stamp, "nsecs", 0))
-    return int(sec) * 1_000_000_000 + int(nanosec)
 
 
 def format_stamp(stamp_ns: int) -> str:
