@@ -4,11 +4,13 @@
         [--sizes 360x480 512x1024] [--backends torch onnxruntime] [--batch4] [--threads 2]
         [--json outputs/bench/backend_latency.json]
 
-What is timed: one backend ``infer`` call on a preprocessed batch (network + argmax + confidence,
-host<->device copies included for CPU inputs), i.e. the Segmenter's "inference" stage. Warm-up runs
-are excluded. The backends of one case run round-robin (one call each, repeated), so a busy
-neighbour slows them alike and the ratios stay meaningful. Untrained weights: speed does not depend
-on their values. Each configuration is a :class:`RuntimeOptions` built into a backend by
+What is timed: one backend ``infer`` call on a preprocessed batch (network + output head: argmax
+and confidence at the head's resolution, the default fast head unless ``--head exact``;
+host<->device copies included for CPU inputs), i.e. the Segmenter's "inference" stage. The ONNX
+Runtime sessions run the RuntimeOptions defaults (ORT_ENABLE_ALL, spinning off, plain ``run``).
+Warm-up runs are excluded. The backends of one case run round-robin (one call each, repeated),
+so a busy neighbour slows them alike and the ratios stay meaningful. Untrained weights: speed does
+not depend on their values. Each configuration is a :class:`RuntimeOptions` built into a backend by
 ``make_backend``, the factory the Segmenter uses, from a checkpoint of the untrained model saved
 in the work folder. Not a test: it prints a table and writes JSON.
 """
@@ -50,6 +52,9 @@ CONFIGS: dict[str, RuntimeOptions] = {
     "torch-fp16": RuntimeOptions(backend="torch", precision="fp16", device="cuda"),
     "torch-fp16-graphs": RuntimeOptions(
         backend="torch", precision="fp16", device="cuda", cuda_graphs=True
+    ),
+    "torch-fp16-compile": RuntimeOptions(
+        backend="torch", precision="fp16", device="cuda", compile_mode="reduce-overhead"
     ),
     "tensorrt-fp16": RuntimeOptions(backend="tensorrt", precision="fp16"),
     "tensorrt-fp32": RuntimeOptions(backend="tensorrt", precision="fp32"),
@@ -93,10 +98,12 @@ def build_backend(
     batch: int,
     workdir: Path,
     threads: int | None,
+    head: str = "fast",
 ) -> Backend:
     """One bench configuration for a checkpoint/size/batch (ONNX exports and engines are cached
     in ``workdir``)."""
     options = CONFIGS[config].replace(
+        head=head,
         input_size=size,
         max_batch_size=batch,
         intra_op_threads=threads,
@@ -247,6 +254,8 @@ def get_args_parser() -> argparse.ArgumentParser:
         default=None,
         help="torch and ONNX Runtime intra-op threads (default: library default)",
     )
+    parser.add_argument("--head", choices=("fast", "exact"), default="fast",
+                        help="output head of every configuration (default fast)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--min-iters", type=int, default=10)
     parser.add_argument("--max-iters", type=int, default=50)
@@ -322,7 +331,8 @@ def _bench_case(checkpoint, variant, size, batch, configs, workdir, args) -> lis
     backends: dict[str, Backend] = {}
     for name in configs:
         try:
-            backends[name] = build_backend(name, checkpoint, size, batch, workdir, args.threads)
+            backends[name] = build_backend(name, checkpoint, size, batch, workdir, args.threads,
+                                           args.head)
         except (ImportError, RuntimeError, ValueError) as exc:
             LOG.warning("skipping %s for this case: %s", name, exc)
     try:

@@ -164,6 +164,7 @@ def step_report(out: Path) -> str:
         return json.loads(path.read_text()) if path.is_file() else {"missing": str(path)}
 
     env, parity, bench = load("env"), load("parity"), load("gpu_bench")
+    compiled = load("gpu_compile")
     lines = ["# dfanet GPU check", "", f"Created {time.strftime('%Y-%m-%d %H:%M:%S %Z')}.", ""]
     lines += ["## Environment", "", "```json", json.dumps(env, indent=2), "```", ""]
     lines += ["## Torch CUDA parity vs CPU fp32", ""]
@@ -187,6 +188,24 @@ def step_report(out: Path) -> str:
         lines += ["```json", json.dumps(parity, indent=2), "```"]
     lines += ["", "## Throughput (python bench/backend_latency.py)", ""]
     lines += [bench.get("table_markdown", "```json\n" + json.dumps(bench, indent=2) + "\n```")]
+    lines += ["", "## torch.compile vs eager and CUDA graphs (python bench/gpu_compile.py)", ""]
+    if compiled.get("results"):
+        lines += ["| variant | input | batch | config | compile s | median ms | frames/s | "
+                  "GPU kernels/frame | host launches/frame | graph launches/frame | "
+                  "agreement vs eager fp32 |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in compiled["results"]:
+            if "median_ms" not in r:
+                lines.append(f"| {r['variant']} | {r['input']} | {r['batch']} | {r['config']} | "
+                             f"{r.get('skipped') or r.get('error', '?')} | | | | | | |")
+                continue
+            lines.append(
+                f"| {r['variant']} | {r['input']} | {r['batch']} | {r['config']} | "
+                f"{r['compile_seconds']} | {r['median_ms']:.2f} | {r['frames_per_s']:.0f} | "
+                f"{r['gpu_kernels_per_frame']} | {r['host_kernel_launches_per_frame']} | "
+                f"{r['graph_launches_per_frame']} | {r['agreement_with_eager_fp32']} |"
+            )
+    else:
+        lines += ["```json", json.dumps(compiled, indent=2), "```"]
     tests = out / "gpu_tests.txt"
     if tests.is_file():
         tail = tests.read_text().strip().splitlines()[-15:]

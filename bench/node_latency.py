@@ -7,12 +7,20 @@ camera resolution, on the CPU backend, in one run.
 Not a test: it measures. The node runs in its own process; this process publishes frames one at a
 time and waits for each mask (ping-pong, so the numbers are latencies, not queueing), and runs
 the bare Segmenter (predict_detailed) on the same frame just before, so both see the same machine
-load. The node runs twice, with the two transport set-ups that carry camera-sized frames between
-processes here:
+load. Discovery stays on this machine (ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST) and both processes
+load the shipped Fast DDS profile (config/fastdds_profile.xml: a 64 MiB shared-memory segment), so
+camera-sized frames travel through shared memory. The node runs once per input QoS:
 
-    best_effort_large_data  input QoS SENSOR_DATA (best effort), FASTDDS_BUILTIN_TRANSPORTS=
-                            LARGE_DATA, SUBNET discovery (LARGE_DATA is ignored under LOCALHOST)
-    reliable_localhost      input QoS DEFAULT (reliable), localhost-only discovery
+    best_effort_shm   input QoS SENSOR_DATA (best effort), the profile
+    reliable_shm      input QoS DEFAULT (reliable), the profile
+    reliable_udp      (optional) reliable input without the profile: Fast DDS's default transports
+
+Where the time goes (means over the timed frames, ms), from the node's own diagnostics and the
+clocks of both sides: transport in (publish -> the node's callback: header.stamp -> received,
+pipeline_latency - node_latency; the publisher's own publish() call, i.e. serialisation, is
+shown apart), the node's stages (queue wait, decode, the Segmenter's preprocess / inference /
+postprocess), mask out (the rest: the mask message built, published and received here). The
+overhead is also given per frame: node end to end minus the bare Segmenter on the same frame.
 
 Prints a table and writes the numbers (and the node's own per-stage diagnostics) as JSON.
 """
@@ -34,18 +42,21 @@ from dfanet_core.checkpoint import shipped_or_untrained
 from dfanet_core.deploy.options import add_runtime_arguments, options_from_args
 from dfanet_core.files import atomic_write_json, list_images
 from dfanet_core.imaging import read_image
-from dfanet_core.paths import data_root
+from dfanet_core.paths import REPO_ROOT, data_root
 from dfanet_core.reports import machine_description, summarize_ms
 from dfanet_ros.graph import NodeError, NodeProcess, apply_ros_environment, ros_environment
 from dfanet_ros.testing import SegmentationClient
 
 LOG = logging.getLogger("node_latency")
+PROFILE = REPO_ROOT / "config" / "fastdds_profile.xml"
 SETUPS = {
-    "best_effort_large_data": {"discovery": "SUBNET", "input_qos": "SENSOR_DATA"},
-    "reliable_localhost": {"discovery": "LOCALHOST", "input_qos": "DEFAULT"},
+    "best_effort_shm": {"input_qos": "SENSOR_DATA", "profile": True},
+    "reliable_shm": {"input_qos": "DEFAULT", "profile": True},
+    "reliable_udp": {"input_qos": "DEFAULT", "profile": False},
 }
+DEFAULT_SETUPS = ("best_effort_shm", "reliable_shm")
 NODE_STAGES = ("decode", "preprocess", "inference", "postprocess", "publish", "queue_wait",
-               "processing_time", "node_latency")
+               "processing_time", "node_latency", "pipeline_latency")
 
 
 def camera_frames(count: int, height: int, width: int) -> list[np.ndarray]:
@@ -66,9 +77,16 @@ def bench(setup: str, segmenter, checkpoint: Path, frames: list[np.ndarray], arg
     """One node set-up, interleaved with the bare Segmenter frame by frame, so that both see the
     same machine load (timings here swing several-fold when another tenant is busy)."""
     config = SETUPS[setup]
-    env = ros_environment(args.domain_id, workdir / "ros_log",
-                          discovery_range=config["discovery"])
+    env = ros_environment(args.domain_id, workdir / "ros_log", discovery_range="LOCALHOST")
+    env.pop("FASTDDS_BUILTIN_TRANSPORTS", None)
+    env.pop("FASTDDS_DEFAULT_PROFILES_FILE", None)
+    if config["profile"]:
+        env["FASTDDS_DEFAULT_PROFILES_FILE"] = str(args.profile)
     apply_ros_environment(env)
+    for key in ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTDDS_BUILTIN_TRANSPORTS"):  # this process
+        os.environ.pop(key, None)
+        if key in env:
+            os.environ[key] = env[key]
     options = options_from_args(args)
     params = {"checkpoint": str(checkpoint), "backend": options.backend,
               "engine_cache_dir": str(options.onnx_cache_dir or ""),
@@ -88,16 +106,20 @@ def bench(setup: str, segmenter, checkpoint: Path, frames: list[np.ndarray], arg
                     raise NodeError(f"{setup}: no mask came back for 50 frames")
             else:
                 warm += 1
-        latencies, bare, lost = [], {}, 0
+        warm_status = client.wait_status(lambda s: int(dict(s.values)["frames_out"]) >= warm,
+                                         node)
+        latencies, bare, lost, paired = [], {}, 0, []
         for index in range(args.frames):
             frame = frames[index % len(frames)]
-            for name, value in segmenter.predict_detailed([frame]).timings_ms.items():
+            timings = segmenter.predict_detailed([frame]).timings_ms
+            for name, value in timings.items():
                 bare.setdefault(name, []).append(value)
             latency = _ping(client, node, frame)
             if latency is None:
                 lost += 1
             else:
                 latencies.append(latency)
+                paired.append(latency - timings["total"])  # this frame, back to back
         served = warm + len(latencies)
         status = client.wait_status(lambda s: int(dict(s.values)["frames_out"]) >= served, node)
     node_values = dict(status.values)
@@ -105,9 +127,40 @@ def bench(setup: str, segmenter, checkpoint: Path, frames: list[np.ndarray], arg
         name: {stat: float(node_values[f"{name}_ms_{stat}"]) for stat in ("mean", "p50", "p99")}
         for name in NODE_STAGES
     }
+    # means over the timed frames only: the node's windows also hold the warm-up frames
+    before, after = dict(warm_status.values), node_values
+    n0, n1 = int(before["frames_out"]), int(after["frames_out"])
+    for name in NODE_STAGES:
+        total = float(after[f"{name}_ms_mean"]) * n1 - float(before[f"{name}_ms_mean"]) * n0
+        node_stages[name]["mean_timed"] = total / max(1, n1 - n0)
+    end_to_end = summarize_ms(latencies)
+    timed = sorted(client.latencies_ms())[-len(latencies):] if latencies else []
+    calls = getattr(client, "publish_call_ms", {})  # (a client of an older checkout has none)
+    publish_calls = summarize_ms([calls[s] for s in timed if s in calls]) if calls else None
     return {"bare_segmenter_ms": {k: summarize_ms(v) for k, v in bare.items()},
-            "end_to_end_ms": summarize_ms(latencies), "lost_in_transport": lost,
-            "node_stages_ms": node_stages, "environment": config}
+            "end_to_end_ms": end_to_end, "lost_in_transport": lost,
+            "paired_overhead_ms": summarize_ms(paired),
+            "camera_publish_call_ms": publish_calls,
+            "node_stages_ms": node_stages, "breakdown_mean_ms": breakdown(node_stages, end_to_end),
+            "environment": {**config, "discovery": "LOCALHOST",
+                            "profile": env.get("FASTDDS_DEFAULT_PROFILES_FILE", "")}}
+
+
+def breakdown(stages: dict, end_to_end: dict) -> dict[str, float]:
+    """Publish -> mask received, split by where the time goes (means over the timed frames,
+    ms): transport in
+    (pipeline_latency - node_latency: the frame's header stamp, taken when it was published, to
+    the node's callback), the node's stages, transport out (the rest: mask published -> received
+    here)."""
+    mean = {name: values["mean_timed"] for name, values in stages.items()}
+    parts = {"transport_in": mean["pipeline_latency"] - mean["node_latency"]}
+    for name in ("queue_wait", "decode", "preprocess", "inference", "postprocess"):
+        parts[name] = mean[name]
+    # mask built, published and received here: the rest of the end-to-end time (the node's own
+    # 'publish' stage ends later than the mask arrives whenever this process's bare Segmenter,
+    # which starts on the next frame at once, takes both cores from the node)
+    parts["mask_out"] = end_to_end["mean"] - sum(parts.values())
+    return parts
 
 
 def _ping(client: SegmentationClient, node: NodeProcess, frame: np.ndarray) -> float | None:
@@ -136,9 +189,19 @@ def format_table(report: dict) -> str:
         for stage in ("decode", "preprocess", "inference", "postprocess", "publish",
                       "queue_wait", "node_latency"):
             row(f"  node {stage} (its diagnostics)", result["node_stages_ms"][stage])
-        overhead = result["end_to_end_ms"]["p50"] - result["bare_segmenter_ms"]["total"]["p50"]
-        lines.append(f"  ROS path overhead, p50: {overhead:+.1f} ms; frames lost in transport: "
+        bare = result["bare_segmenter_ms"]["total"]["p50"]
+        overhead = result["end_to_end_ms"]["p50"] - bare
+        lines.append(f"  ROS path overhead, p50: {overhead:+.1f} ms ({overhead / bare:+.0%} of "
+                     f"the bare Segmenter); frames lost in transport: "
                      f"{result['lost_in_transport']}")
+        paired = result["paired_overhead_ms"]["p50"]
+        lines.append(f"  paired per frame (node - bare on the same frame, back to back), p50: "
+                     f"{paired:+.1f} ms ({paired / bare:+.0%})")
+        parts = ", ".join(f"{k} {v:.1f}" for k, v in result["breakdown_mean_ms"].items())
+        lines.append(f"  where the time goes (means, ms): {parts}")
+        if result["camera_publish_call_ms"]:
+            lines.append(f"  of transport_in, the publisher's own publish() call (this process, "
+                         f"p50): {result['camera_publish_call_ms']['p50']:.1f} ms")
     return "\n".join(lines)
 
 
@@ -152,7 +215,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     add_runtime_arguments(parser, default_backend="onnxruntime",
                           threads_help="inference threads (default: the backend's)")
     parser.add_argument("--domain-id", type=int, default=150 + os.getpid() % 50)
-    parser.add_argument("--setups", nargs="+", default=list(SETUPS), choices=list(SETUPS))
+    parser.add_argument("--setups", nargs="+", default=list(DEFAULT_SETUPS),
+                        choices=list(SETUPS))
+    parser.add_argument("--profile", type=Path, default=PROFILE,
+                        help="Fast DDS profile for both processes (default: the shipped one)")
     parser.add_argument("--out", type=Path,
                         default=Path("outputs") / "bench" / "node_latency.json")
     return parser

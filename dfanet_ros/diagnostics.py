@@ -4,11 +4,14 @@
 ``to_diagnostic_array`` turns statuses into a ``diagnostic_msgs/DiagnosticArray`` (the only part
 that imports ROS message types, lazily). Levels and their reasons:
 
-ERROR  failures (bad frames, backend errors, incompatible QoS) within the error window; no frame
-       for ``no_input_timeout_s`` although the input topic has a publisher; the model failed.
+ERROR  failures (bad frames, backend errors, incompatible QoS, a failed model reload) within the
+       error window; no frame for ``no_input_timeout_s`` although the input topic has a
+       publisher; the model failed to load (or a lifecycle configure failed).
 WARN   starting (model/engine loading); output rate below ``expected_rate_hz``; drop ratio above
-       ``max_drop_ratio``; no publisher on the input topic for ``no_input_timeout_s``.
-OK     otherwise.
+       ``max_drop_ratio``; no publisher on the input topic for ``no_input_timeout_s``; camera_info
+       whose size differs from the images'.
+OK     otherwise: segmenting, waiting for images, idle because nobody listens (lazy), or a
+       managed node that is unconfigured or inactive.
 """
 
 from __future__ import annotations
@@ -59,11 +62,24 @@ class PipelineInfo:
 
 @dataclass(frozen=True)
 class NodeState:
-    """Where the node is in its life: 'loading' (with what it is doing), 'ready' or 'failed'."""
+    """Where the node is in its life: 'unconfigured' or 'inactive' (a managed node waiting for a
+    lifecycle transition), 'loading' (with what it is doing), 'ready' or 'failed'."""
 
     phase: str
     detail: str = ""
     phase_age_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class Observations:
+    """What the node sees at one instant besides its counters."""
+
+    input_publishers: int = 0
+    input_resolution: str = ""  # "WxH" of the last image
+    camera_info_resolution: str = ""  # "WxH" the last camera_info describes ("": none)
+    idle_reason: str = ""  # lazy mode: why no frame is segmented ("": segmenting)
+    reload: str = ""  # a model reload in progress ("": none)
+    min_confidence: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -84,10 +100,15 @@ class Status:
         raise KeyError(key)
 
 
-def pipeline_info(node_name: str, config: Any, input_topic: str, checkpoint: str,
+def pipeline_info(node_name: str, config: Any, input_topic: str, checkpoint: str | None = None,
                   segmenter: Any = None) -> PipelineInfo:
     """What the diagnostics show about the node: from its configuration while the model loads,
-    from the loaded ``segmenter`` (backend, device, precision, network size) afterwards."""
+    from the loaded ``segmenter`` (backend, device, precision, network size) afterwards.
+    ``checkpoint`` defaults to the file the configuration names (params.source_name)."""
+    if checkpoint is None:
+        from .params import source_name
+
+        checkpoint = source_name(config)
     common = {"node_name": node_name, "input_topic": input_topic,
               "input_type": config.input_type, "input_qos": config.input_qos,
               "checkpoint": checkpoint}
@@ -116,13 +137,17 @@ def evaluate(
     thresholds: Thresholds,
     state: NodeState,
     input_topic: str,
-    input_publishers: int,
+    observed: Observations,
 ) -> tuple[int, str]:
     """(level, reason) for the current state; several reasons of one level are joined by '; '."""
     if state.phase == "failed":
         return ERROR, f"model failed to load: {state.detail}"
     if state.phase == "loading":
         return WARN, f"starting: {state.detail} ({state.phase_age_s:.0f} s)"
+    if state.phase in ("unconfigured", "inactive"):
+        waiting = "configure" if state.phase == "unconfigured" else "activate"
+        return OK, f"{state.phase} (managed): waiting for {waiting}"
+    input_publishers = observed.input_publishers
     idle_s = snapshot.seconds_since_input
     if idle_s is None:
         idle_s = state.phase_age_s  # never received: count from when the model became ready
@@ -143,6 +168,9 @@ def evaluate(
         return ERROR, "; ".join(errors)
 
     warnings = []
+    mismatch = camera_info_mismatch(observed)
+    if mismatch:
+        warnings.append(mismatch)
     if starved:
         warnings.append(f"no publisher on {input_topic} for {idle_s:.1f} s")
     elif snapshot.seconds_since_input is not None:
@@ -164,9 +192,20 @@ def evaluate(
             )
     if warnings:
         return WARN, "; ".join(warnings)
+    if observed.idle_reason:
+        return OK, f"idle: {observed.idle_reason}"
     if snapshot.seconds_since_input is None:
         return OK, f"ready, waiting for images on {input_topic}"
     return OK, f"segmenting at {snapshot.output_rate_hz:.1f} Hz"
+
+
+def camera_info_mismatch(observed: Observations) -> str:
+    """The warning when camera_info describes another image size than the images have, or ''."""
+    info, image = observed.camera_info_resolution, observed.input_resolution
+    if info and image and info != image:
+        return (f"camera_info describes {info} images but the images are {image} (masks are "
+                "published at the image size)")
+    return ""
 
 
 def build_status(
@@ -174,11 +213,10 @@ def build_status(
     thresholds: Thresholds,
     state: NodeState,
     info: PipelineInfo,
-    input_publishers: int,
-    input_resolution: str = "",
+    observed: Observations,
 ) -> Status:
     """The full status: level and reason from :func:`evaluate`, plus the documented keys."""
-    level, message = evaluate(snapshot, thresholds, state, info.input_topic, input_publishers)
+    level, message = evaluate(snapshot, thresholds, state, info.input_topic, observed)
     values: list[tuple[str, str]] = [
         ("state", state.phase),
         ("backend", info.backend),
@@ -188,17 +226,24 @@ def build_status(
         ("input_topic", info.input_topic),
         ("input_type", info.input_type),
         ("input_qos", info.input_qos),
-        ("input_publishers", str(input_publishers)),
-        ("input_resolution", input_resolution),
+        ("input_publishers", str(observed.input_publishers)),
+        ("input_resolution", observed.input_resolution),
+        ("camera_info_resolution", observed.camera_info_resolution),
         ("network_resolution", info.network_resolution),
+        ("min_confidence", f"{observed.min_confidence:g}"),
+        ("idle_reason", observed.idle_reason),
+        ("reload", observed.reload),
         ("frames_in", str(snapshot.frames_in)),
         ("frames_out", str(snapshot.frames_out)),
+        ("frames_idle", str(snapshot.frames_idle)),
         ("total_dropped_frames", str(snapshot.frames_dropped)),
         ("bad_frames", str(snapshot.bad_frames)),
         ("backend_errors", str(snapshot.backend_errors)),
         ("messages_lost", str(snapshot.messages_lost)),
         ("color_frames_out", str(snapshot.extra_outputs.get("color", 0))),
         ("confidence_frames_out", str(snapshot.extra_outputs.get("confidence", 0))),
+        ("compressed_frames_out", str(snapshot.extra_outputs.get("mask/compressed", 0))),
+        ("camera_info_out", str(snapshot.extra_outputs.get("camera_info", 0))),
         ("drop_ratio", f"{snapshot.drop_ratio:.3f}"),
         ("input_rate_hz", f"{snapshot.input_rate_hz:.2f}"),
         ("output_rate_hz", f"{snapshot.output_rate_hz:.2f}"),
@@ -249,8 +294,9 @@ def node_idle(status: Status) -> bool:
     or failed (a tool waiting for the last masks stops on two such reports in a row)."""
     values = values_dict(status)
     try:
-        handled = sum(int(values[key]) for key in ("frames_out", "total_dropped_frames",
-                                                   "bad_frames", "backend_errors"))
+        handled = int(values.get("frames_idle", "0")) + sum(  # lazy mode; absent elsewhere
+            int(values[key]) for key in ("frames_out", "total_dropped_frames", "bad_frames",
+                                         "backend_errors"))
         return int(values["frames_in"]) == handled
     except (KeyError, ValueError):
         return False

@@ -3,10 +3,13 @@ environment of a graph on this machine (:func:`ros_environment`), the node as a 
 (:class:`NodeProcess`), the one rclpy client pattern (:class:`RosClient`: its own context, node
 and spinning thread) and the bridge from Python logging to a node's ROS logger.
 
-Measured here (rmw_fastrtps 9.3): best-effort messages over ~0.5 MB between processes are lost
-with the default transports; ``FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA`` carries them, except under
-``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST``, where rmw_fastrtps sets its own transports: use
-reliable QoS for large frames there (docs/ros_interface.md).
+Measured here (rmw_fastrtps, kilted): best-effort messages over ~0.5 MB between processes are
+lost with Fast DDS's default transports (its shared-memory segment is 512 KB);
+``FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA`` does not help under
+``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST``. The shipped Fast DDS profile
+(``config/fastdds_profile.xml``, a 64 MiB segment) carries them; it must be loaded by the process
+that publishes them, so :func:`ros_environment` names it for every process of a graph here
+(docs/ros_interface.md, "QoS and transport").
 """
 
 from __future__ import annotations
@@ -32,11 +35,47 @@ ROS_ENV_KEYS = (
     "ROS_DOMAIN_ID",
     "ROS_AUTOMATIC_DISCOVERY_RANGE",
     "FASTDDS_BUILTIN_TRANSPORTS",
+    "FASTDDS_DEFAULT_PROFILES_FILE",
     "RMW_IMPLEMENTATION",
     "ROS_LOG_DIR",
 )
 DISCOVERY_RANGES = ("LOCALHOST", "SUBNET", "OFF", "SYSTEM_DEFAULT")
 NODE_MODULE = "dfanet_ros.segment_node"
+PROFILE_VARIABLE = "FASTDDS_DEFAULT_PROFILES_FILE"
+PROFILE_NAME = "fastdds_profile.xml"  # under config/ (source tree) or share/dfanet_ros/config
+
+
+def fastdds_profile() -> Path:
+    """The shipped Fast DDS profile: the package's share directory when ament knows it, else the
+    source tree's ``config/``."""
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        installed = Path(get_package_share_directory("dfanet_ros")) / "config" / PROFILE_NAME
+        if installed.is_file():
+            return installed
+    except (ImportError, LookupError, OSError, ValueError):
+        pass
+    return REPO_ROOT / "config" / PROFILE_NAME
+
+
+def keep_large_buffers() -> bool:
+    """Have glibc serve allocations up to 32 MiB from its heap and never give freed heap memory
+    back, so that the camera-sized buffers every message needs (rclpy's copies of ``data``, Fast
+    DDS's, the mask) are reused frame after frame instead of being mmapped and page-faulted in
+    afresh each time. Measured here (6 MB best-effort frames, shared memory, kilted): publish ->
+    subscriber callback p50 27 ms by default, 12 ms with this in both processes. Call it before
+    the first large message; True where it took effect (False without glibc's mallopt)."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+    return bool(mallopt(m_mmap_threshold, 32 << 20)) and bool(
+        mallopt(m_trim_threshold, 1 << 30))
 
 
 def check_domain_id(domain_id: int, what: str = "ROS domain id") -> int:
@@ -65,9 +104,10 @@ def ros_environment(
     What ``base`` (default: this process's environment) already sets is kept, so a command can
     join a graph that ``ros2 bag play`` or a launched node runs; the arguments given win
     (``domain_id``, ``discovery_range``). Filled in when missing: localhost-only discovery,
-    ``FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA``, rmw_fastrtps, a per-process domain id when this
-    command owns the whole graph (``own_graph``) and none is set, and ``ROS_LOG_DIR=log_dir``
-    when the environment names no log place at all (rclpy needs ``ROS_LOG_DIR`` or ``HOME``).
+    the shipped Fast DDS profile (``FASTDDS_DEFAULT_PROFILES_FILE``: large messages through
+    shared memory), rmw_fastrtps, a per-process domain id when this command owns the whole graph
+    (``own_graph``) and none is set, and ``ROS_LOG_DIR=log_dir`` when the environment names no
+    log place at all (rclpy needs ``ROS_LOG_DIR`` or ``HOME``).
     """
     env = dict(os.environ if base is None else base)
     if domain_id is None and "ROS_DOMAIN_ID" not in env and own_graph:
@@ -80,7 +120,7 @@ def ros_environment(
                              f"{', '.join(DISCOVERY_RANGES)}")
         env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = discovery_range
     env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    env.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
+    env.setdefault(PROFILE_VARIABLE, str(fastdds_profile()))
     env.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
     if log_dir is not None and "ROS_LOG_DIR" not in env and "HOME" not in env:
         env["ROS_LOG_DIR"] = str(log_dir)
@@ -108,6 +148,7 @@ class RosClient:
         import rclpy
         from rclpy.executors import SingleThreadedExecutor
 
+        keep_large_buffers()
         self.context = rclpy.Context()
         rclpy.init(context=self.context)
         self.node = rclpy.create_node(name, context=self.context)

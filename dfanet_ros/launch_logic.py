@@ -2,8 +2,8 @@
 
 The launch file only declares the arguments, resolves them and hands the values to
 :func:`plan_launch`; the returned :class:`LaunchPlan` says which environment variables to set and
-how to start the node (namespace, parameters, remappings). ``launch``/``launch_ros`` are not
-needed to test it.
+how to start the node (namespace, parameters, remappings, ROS arguments such as the log level).
+``launch``/``launch_ros`` are not needed to test it.
 """
 
 from __future__ import annotations
@@ -13,16 +13,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .params import BACKENDS, INPUT_TYPES
+from .graph import PROFILE_NAME, PROFILE_VARIABLE
+from .params import BACKENDS, INPUT_TYPES, SPECS, ParameterError, config_from_values
 
 PACKAGE = "dfanet_ros"
 EXECUTABLE = "segment_node"
 NODE_NAME = "segment_node"
 DEFAULT_PARAMS_FILE = ("config", "segment.yaml")  # under the package's share directory
-# Fast DDS drops best-effort messages over ~0.5 MB (camera frames, masks) between processes with
-# its default transports; LARGE_DATA (TCP + shared memory) carries them.
-FASTDDS_TRANSPORT_VARIABLE = "FASTDDS_BUILTIN_TRANSPORTS"
-FASTDDS_TRANSPORT_VALUE = "LARGE_DATA"
+# Fast DDS loses best-effort messages over ~0.5 MB (camera frames, masks) between processes with
+# its default transports (a 512 KB shared-memory segment); the shipped profile gives 64 MiB.
+DEFAULT_PROFILE = ("config", PROFILE_NAME)  # under the package's share directory
+NO_PROFILE = "none"
+BOOLEANS = ("true", "false")
+LOG_LEVELS = ("debug", "info", "warn", "error", "fatal")
 
 
 @dataclass(frozen=True)
@@ -48,8 +51,17 @@ LAUNCH_ARGUMENTS: tuple[LaunchArgument, ...] = (
     LaunchArgument("namespace", "", "Namespace of the node and its topics (e.g. cam1 -> "
                    "/cam1/segmentation/mask)"),
     LaunchArgument("node_name", NODE_NAME, "Name of the node"),
-    LaunchArgument("large_data_transport", "true", "Set FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA "
-                   "unless the environment already sets it", ("true", "false")),
+    LaunchArgument("managed", "false", "Run the node as a lifecycle node (configure/activate "
+                   "through its lifecycle services, e.g. by a lifecycle manager)", BOOLEANS),
+    LaunchArgument("use_sim_time", "false", "Use /clock (simulation, bag replay) for the node's "
+                   "clock", BOOLEANS),
+    LaunchArgument("min_confidence", "", "Pixels below this top-class probability become 255 in "
+                   "the mask (0..1); empty: as in the params file"),
+    LaunchArgument("log_level", "info", "The node's log level", LOG_LEVELS),
+    LaunchArgument("fastdds_profile", "", "Fast DDS XML profile for the node "
+                   "(FASTDDS_DEFAULT_PROFILES_FILE); empty: the package's "
+                   "config/fastdds_profile.xml (large messages through shared memory); 'none': "
+                   "leave the environment as it is. A variable already set wins"),
 )
 
 
@@ -62,6 +74,7 @@ class LaunchPlan:
     node_name: str
     parameters: tuple[Any, ...]  # a params file path and/or a dict of overrides, in order
     remappings: tuple[tuple[str, str], ...]
+    ros_arguments: tuple[str, ...] = ()  # e.g. ("--log-level", "warn")
 
 
 def plan_launch(
@@ -71,9 +84,10 @@ def plan_launch(
 ) -> LaunchPlan:
     """Compute the node's launch plan from launch-argument values (strings, as launch gives them).
 
-    ``share_dir`` is the package's share directory (for the default params file); ``environ`` the
-    environment the launch runs in (an existing FASTDDS_BUILTIN_TRANSPORTS is respected).
-    Raises ValueError naming the argument for a value outside its choices.
+    ``share_dir`` is the package's share directory (for the default params file and Fast DDS
+    profile); ``environ`` the environment the launch runs in (an existing
+    FASTDDS_DEFAULT_PROFILES_FILE is respected). Raises ValueError naming the argument for a
+    value outside its choices.
     """
     values = {arg.name: arg.default for arg in LAUNCH_ARGUMENTS}
     unknown = sorted(set(arguments) - set(values))
@@ -89,20 +103,28 @@ def plan_launch(
             )
 
     params_file = values["params_file"] or str(Path(share_dir, *DEFAULT_PARAMS_FILE))
-    overrides = {
+    overrides: dict[str, Any] = {
         key: values[key] for key in ("input_type", "backend", "checkpoint") if values[key]
     }
-    parameters: tuple[Any, ...] = (params_file, overrides) if overrides else (params_file,)
+    overrides["managed"] = values["managed"] == "true"
+    overrides["use_sim_time"] = values["use_sim_time"] == "true"
+    if values["min_confidence"]:
+        overrides["min_confidence"] = _min_confidence(values["min_confidence"])
+    parameters: tuple[Any, ...] = (params_file, overrides)
 
     image = values["image"].rstrip("/")
     if not image:
         raise ValueError("launch argument 'image': the camera topic must not be empty")
-    remappings = (("image", image), ("image/compressed", f"{image}/compressed"))
+    # camera_info beside the image as image_transport pairs them: /cam/image_raw, /cam/camera_info
+    camera_info = f"{image.rsplit('/', 1)[0]}/camera_info" if "/" in image else "camera_info"
+    remappings = (("image", image), ("image/compressed", f"{image}/compressed"),
+                  ("camera_info", camera_info))
 
     environment: tuple[tuple[str, str], ...] = ()
     current = environ if environ is not None else {}
-    if values["large_data_transport"] == "true" and not current.get(FASTDDS_TRANSPORT_VARIABLE):
-        environment = ((FASTDDS_TRANSPORT_VARIABLE, FASTDDS_TRANSPORT_VALUE),)
+    profile = values["fastdds_profile"] or str(Path(share_dir, *DEFAULT_PROFILE))
+    if profile != NO_PROFILE and not current.get(PROFILE_VARIABLE):
+        environment = ((PROFILE_VARIABLE, profile),)
 
     return LaunchPlan(
         environment=environment,
@@ -110,4 +132,18 @@ def plan_launch(
         node_name=values["node_name"] or NODE_NAME,
         parameters=parameters,
         remappings=remappings,
+        ros_arguments=("--log-level", values["log_level"]),
     )
+
+
+def _min_confidence(text: str) -> float:
+    """The min_confidence launch argument as the parameter's float (ValueError naming both)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"launch argument 'min_confidence': {text!r} is not a number; "
+                         f"allowed: {SPECS['min_confidence'].constraints}") from None
+    try:
+        return config_from_values({"min_confidence": value}).min_confidence
+    except ParameterError as exc:
+        raise ValueError(f"launch argument 'min_confidence': {exc}") from None

@@ -12,9 +12,11 @@ from rclpy.qos import (
     HistoryPolicy,
     QoSProfile,
     ReliabilityPolicy,
+    qos_policy_name_from_kind,
     qos_profile_sensor_data,
     qos_profile_system_default,
 )
+from rclpy.qos_overriding_options import QoSOverridingOptions
 
 QOS_PRESETS: tuple[str, ...] = ("SENSOR_DATA", "DEFAULT", "SYSTEM_DEFAULT")
 MAX_DEPTH = 1000
@@ -63,3 +65,18 @@ def describe_qos(profile: QoSProfile) -> str:
     if profile.history == HistoryPolicy.KEEP_LAST:
         history = f"{history}({profile.depth})"
     return f"{profile.reliability.name.lower()}/{profile.durability.name.lower()}/{history}"
+
+
+def overridable() -> QoSOverridingOptions:
+    """History, depth and reliability of a topic overridable by read-only parameters
+    ``qos_overrides.<resolved topic>.<publisher|subscription>.<policy>`` (rclpy's QoS overriding
+    options), e.g. ``qos_overrides./camera/image_raw.subscription.reliability: reliable`` in a
+    params file; they apply on top of the ``*_qos`` presets."""
+    return QoSOverridingOptions.with_default_policies()
+
+
+def incompatible_reason(event: object, whom: str, hint: str = "") -> str:
+    """The sentence for an incompatible-QoS event (rclpy's QoSRequestedIncompatibleQoSInfo or
+    offered counterpart): 'incompatible QoS with <whom>: policy <POLICY><hint>'."""
+    policy = qos_policy_name_from_kind(event.last_policy_kind)
+    return f"incompatible QoS with {whom}: policy {policy}{hint}"

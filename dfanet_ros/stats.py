@@ -82,6 +82,7 @@ class StatsSnapshot:
     frames_in: int
     frames_out: int
     frames_dropped: int
+    frames_idle: int
     bad_frames: int
     backend_errors: int
     messages_lost: int
@@ -121,7 +122,7 @@ class PipelineStats:
         self._failures = EventWindow(error_window_s)
         self._latency = {name: LatencyWindow(latency_samples) for name in STAGES + TOTALS}
         self._counts = dict.fromkeys(
-            ("frames_in", "frames_out", "dropped", "bad", "backend", "lost"), 0
+            ("frames_in", "frames_out", "dropped", "idle", "bad", "backend", "lost"), 0
         )
         self._extra_outputs: dict[str, int] = {}
         self._last_failure: str | None = None
@@ -143,6 +144,16 @@ class PipelineStats:
             self._counts["dropped"] += count
             for _ in range(count):
                 self._drops.add(now)
+
+    def record_idle(self) -> None:
+        """A frame arrived while nobody subscribed to any output (lazy mode): not segmented."""
+        with self._lock:
+            self._counts["idle"] += 1
+
+    def set_error_window(self, window_s: float) -> None:
+        """Failures keep the status ERROR this long from now on (a live parameter)."""
+        with self._lock:
+            self._failures.window_s = float(window_s)
 
     def record_lost(self, count: int) -> None:
         """Messages the middleware reports lost before they reached the callback."""
@@ -182,6 +193,7 @@ class PipelineStats:
                 frames_in=self._counts["frames_in"],
                 frames_out=self._counts["frames_out"],
                 frames_dropped=self._counts["dropped"],
+                frames_idle=self._counts["idle"],
                 bad_frames=self._counts["bad"],
                 backend_errors=self._counts["backend"],
                 messages_lost=self._counts["lost"],

@@ -64,11 +64,14 @@ class Received:
 
 
 class SegmentationClient(RosClient):
-    """A :class:`~dfanet_ros.graph.RosClient` that publishes camera images to a segment_node and
-    records its masks, colour images, confidences, class info and diagnostics.
+    """A :class:`~dfanet_ros.graph.RosClient` that publishes camera images (and camera_info) to a
+    segment_node and records what it publishes: masks, colour images, confidences, PNG masks,
+    camera_info, class info, label info and diagnostics; it also sets the node's parameters and
+    drives its lifecycle through the real services.
 
     Topics are the node's relative names under ``namespace``. The environment (domain id,
     discovery range, transport) is taken from ``os.environ`` (see :func:`apply_ros_environment`).
+    ``subscribe_mask=False`` starts without a mask subscription (lazy mode: nobody listens).
     """
 
     def __init__(
@@ -80,26 +83,31 @@ class SegmentationClient(RosClient):
         input_reliable: bool = False,
         input_depth: int = 1,
         keep_pixels: bool = True,
+        subscribe_mask: bool = True,
         name: str = "dfanet_test_client",
     ) -> None:
         from diagnostic_msgs.msg import DiagnosticArray
         from rclpy.qos import QoSProfile, ReliabilityPolicy
-        from sensor_msgs.msg import CompressedImage, Image
+        from sensor_msgs.msg import CameraInfo, CompressedImage, Image
         from std_msgs.msg import String
 
         from .qos import latched_qos
 
         super().__init__(name)
-        self._Image, self._CompressedImage = Image, CompressedImage
+        self._Image, self._CompressedImage, self._CameraInfo = Image, CompressedImage, CameraInfo
         self.prefix = f"/{namespace.strip('/')}/" if namespace.strip("/") else "/"
         self.keep_pixels = keep_pixels
         self._cond = threading.Condition()
         self.masks: dict[int, Received] = {}
         self.colors: dict[int, Received] = {}
         self.confidences: dict[int, Received] = {}
+        self.compressed_masks: dict[int, Any] = {}  # stamp -> CompressedImage
+        self.camera_infos: dict[int, Any] = {}  # stamp -> CameraInfo
         self.class_info: dict[str, Any] | None = None
+        self.label_infos: list[Any] = []  # vision_msgs/LabelInfo, in arrival order
         self.statuses: list[tuple[float, Status]] = []
         self.published: dict[int, float] = {}  # stamp -> publish time (monotonic)
+        self.publish_call_ms: dict[int, float] = {}  # stamp -> time spent in publish()
         self._last_stamp = 0
 
         reliability = (
@@ -112,41 +120,116 @@ class SegmentationClient(RosClient):
             CompressedImage if compressed else Image, self.input_topic,
             QoSProfile(depth=input_depth, reliability=reliability),
         )
-        reliable = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
-        self.node.create_subscription(
-            Image, self.prefix + "segmentation/mask",
-            lambda m: self._store(self.masks, m), reliable,
-        )
+        self._camera_info_pub = self.node.create_publisher(
+            CameraInfo, self.prefix + "camera_info",
+            QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
+        self._image_buffer: Any = None
         self.node.create_subscription(
             String, self.prefix + "segmentation/class_info", self._on_class_info, latched_qos()
         )
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 50)
-        self._color_sub = None
-        self._confidence_sub = None
+        self._subs: dict[str, Any] = {}
+        if subscribe_mask:
+            self.subscribe_mask()
         self.start()
 
     # -- subscriptions --------------------------------------------------------------------
+    def subscribe_mask(self, enable: bool = True) -> None:
+        """Start (or stop) listening on segmentation/mask."""
+        self._toggle("mask", self._Image, lambda m: self._store(self.masks, m), enable)
+
     def subscribe_color(self, enable: bool = True) -> None:
         """Start (or stop) listening on segmentation/color."""
-        self._toggle("_color_sub", "segmentation/color", self.colors, enable)
+        self._toggle("color", self._Image, lambda m: self._store(self.colors, m), enable)
 
     def subscribe_confidence(self, enable: bool = True) -> None:
         """Start (or stop) listening on segmentation/confidence."""
-        self._toggle("_confidence_sub", "segmentation/confidence", self.confidences, enable)
+        self._toggle("confidence", self._Image, lambda m: self._store(self.confidences, m),
+                     enable)
 
-    def _toggle(self, attr: str, topic: str, store: dict[int, Received], enable: bool) -> None:
+    def subscribe_compressed_mask(self, enable: bool = True) -> None:
+        """Start (or stop) listening on segmentation/mask/compressed (kept as messages)."""
+        self._toggle("mask/compressed", self._CompressedImage,
+                     lambda m: self._keep(self.compressed_masks, m), enable)
+
+    def subscribe_camera_info(self, enable: bool = True) -> None:
+        """Start (or stop) listening on segmentation/camera_info (kept as messages)."""
+        self._toggle("camera_info", self._CameraInfo,
+                     lambda m: self._keep(self.camera_infos, m), enable)
+
+    def subscribe_label_info(self, qos: Any = None) -> Any:
+        """Listen on segmentation/label_info (vision_msgs/LabelInfo) with ``qos`` (default:
+        reliable + transient local, so the latched message arrives); returns the subscription."""
+        from vision_msgs.msg import LabelInfo
+
+        from .qos import latched_qos
+
+        def on_label_info(msg: Any) -> None:
+            with self._cond:
+                self.label_infos.append(msg)
+                self._cond.notify_all()
+
+        return self.node.create_subscription(
+            LabelInfo, self.prefix + "segmentation/label_info", on_label_info,
+            latched_qos() if qos is None else qos)
+
+    def _toggle(self, output: str, msg_type: Any, callback: Any, enable: bool) -> None:
         from rclpy.qos import QoSProfile, ReliabilityPolicy
 
-        current = getattr(self, attr)
+        current = self._subs.get(output)
         if enable and current is None:
             qos = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
-            sub = self.node.create_subscription(
-                self._Image, self.prefix + topic, lambda m: self._store(store, m), qos
-            )
-            setattr(self, attr, sub)
+            self._subs[output] = self.node.create_subscription(
+                msg_type, f"{self.prefix}segmentation/{output}", callback, qos)
         elif not enable and current is not None:
-            self.node.destroy_subscription(current)
-            setattr(self, attr, None)
+            self.node.destroy_subscription(self._subs.pop(output))
+
+    # -- the node's parameters and lifecycle (real services) ----------------------------------
+    def _call(self, srv_type: Any, service: str, request: Any, timeout_s: float = 60.0) -> Any:
+        client = self.node.create_client(srv_type, service)
+        try:
+            if not client.wait_for_service(timeout_sec=timeout_s):
+                raise NodeError(f"service {service} not available after {timeout_s} s")
+            future = client.call_async(request)
+            self.wait_for(future.done, timeout_s, f"a response from {service}")
+            return future.result()
+        finally:
+            self.node.destroy_client(client)
+
+    def set_parameters(self, values: dict[str, Any], node: str = "/segment_node") -> list[Any]:
+        """Set parameters of a node through its set_parameters service: one
+        rcl_interfaces/SetParametersResult (successful, reason) per value, in order."""
+        from rcl_interfaces.srv import SetParameters
+        from rclpy.parameter import Parameter
+
+        request = SetParameters.Request(
+            parameters=[Parameter(k, value=v).to_parameter_msg() for k, v in values.items()])
+        return list(self._call(SetParameters, f"{node}/set_parameters", request).results)
+
+    def get_parameters(self, names: list[str], node: str = "/segment_node") -> list[Any]:
+        """Values of ``names`` on a node through its get_parameters service."""
+        from rcl_interfaces.srv import GetParameters
+        from rclpy.parameter import parameter_value_to_python
+
+        response = self._call(GetParameters, f"{node}/get_parameters",
+                              GetParameters.Request(names=names))
+        return [parameter_value_to_python(v) for v in response.values]
+
+    def change_state(self, transition: str, node: str = "/segment_node",
+                     timeout_s: float = 300.0) -> bool:
+        """Trigger a lifecycle transition by label ('configure', 'activate', 'deactivate',
+        'cleanup', 'shutdown') through ``<node>/change_state``; True if it succeeded."""
+        from lifecycle_msgs.srv import ChangeState
+
+        request = ChangeState.Request()
+        request.transition.label = transition
+        return bool(self._call(ChangeState, f"{node}/change_state", request, timeout_s).success)
+
+    def lifecycle_state(self, node: str = "/segment_node") -> str:
+        """The node's lifecycle state label ('unconfigured', 'inactive', 'active', ...)."""
+        from lifecycle_msgs.srv import GetState
+
+        return self._call(GetState, f"{node}/get_state", GetState.Request()).current_state.label
 
     # -- publishing -----------------------------------------------------------------------
     def next_stamp(self) -> int:
@@ -160,8 +243,11 @@ class SegmentationClient(RosClient):
         self, pixels: np.ndarray, encoding: str = "rgb8", stamp: int | None = None,
         frame_id: str = "camera",
     ) -> int:
-        """Publish a raw image; returns its stamp (ns)."""
-        msg = self._Image(**conversions.numpy_to_image_fields(pixels, encoding))
+        """Publish a raw image; returns its stamp (ns). The pixels are copied once, into a buffer
+        reused from frame to frame (rclpy copies it again when it publishes)."""
+        msg = conversions.fill_image(self._Image(check_fields=True), pixels, encoding,
+                                     self._image_buffer)
+        self._image_buffer = msg.data
         return self.publish_msg(msg, stamp, frame_id)
 
     def publish_compressed(
@@ -179,9 +265,23 @@ class SegmentationClient(RosClient):
         msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp, 1_000_000_000)
         msg.header.frame_id = frame_id
         with self._cond:
-            self.published[stamp] = time.monotonic()
+            self.published[stamp] = sent = time.monotonic()
         self._image_pub.publish(msg)
+        self.publish_call_ms[stamp] = (time.monotonic() - sent) * 1e3  # serialisation, mostly
         return stamp
+
+    def publish_camera_info(self, width: int, height: int, stamp: int,
+                            frame_id: str = "camera") -> None:
+        """Publish a sensor_msgs/CameraInfo for images of ``width`` x ``height`` on the node's
+        ``camera_info`` (reliable, depth 10) stamped ``stamp`` (ns)."""
+        msg = self._CameraInfo(width=width, height=height, distortion_model="plumb_bob")
+        msg.k = [500.0, 0.0, width / 2, 0.0, 500.0, height / 2, 0.0, 0.0, 1.0]
+        msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp, 1_000_000_000)
+        msg.header.frame_id = frame_id
+        self._camera_info_pub.publish(msg)
+
+    def camera_info_subscribers(self) -> int:
+        return self._camera_info_pub.get_subscription_count()
 
     def input_subscribers(self) -> int:
         return self._image_pub.get_subscription_count()
@@ -274,6 +374,11 @@ class SegmentationClient(RosClient):
                         msg.encoding, array, now, msg.width, msg.height)
         with self._cond:
             store[item.stamp_ns] = item
+            self._cond.notify_all()
+
+    def _keep(self, store: dict[int, Any], msg: Any) -> None:
+        with self._cond:
+            store[conversions.stamp_to_ns(msg.header.stamp)] = msg
             self._cond.notify_all()
 
     def _on_class_info(self, msg: Any) -> None:

@@ -2,10 +2,11 @@
 
     ros2 launch dfanet_ros segment.launch.py image:=/camera/front/image_raw
     ros2 launch dfanet_ros segment.launch.py image:=/cam1/image_raw input_type:=compressed \
-        namespace:=cam1 backend:=tensorrt
+        namespace:=cam1 backend:=tensorrt managed:=true min_confidence:=0.5 log_level:=warn
 
-All decisions (default params file, overrides, remappings, the Fast DDS transport variable) are
-made by dfanet_ros.launch_logic.plan_launch, which the tests cover without a launch install.
+All decisions (default params file, overrides, remappings, the Fast DDS profile variable, the log
+level) are made by dfanet_ros.launch_logic.plan_launch, which the tests cover without a launch
+install.
 """
 
 import os
@@ -31,6 +32,7 @@ def _launch_node(context, *args, **kwargs):
             namespace=plan.namespace,
             parameters=list(plan.parameters),
             remappings=list(plan.remappings),
+            ros_arguments=list(plan.ros_arguments),
             output="screen",
             emulate_tty=True,
         )

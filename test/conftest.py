@@ -17,6 +17,13 @@ from dfanet_core.paths import REPO_ROOT
 SHARED_DIR = Path(os.environ.get("DFANET_SHARED_DIR", REPO_ROOT.parent / "shared"))
 
 def pytest_configure(config):
+    # Fast DDS reads its default XML profile once per process, at the first participant: every
+    # rclpy context of this process (test clients publish camera-sized frames) gets the shipped
+    # profile, whichever test creates the first one (dfanet_ros.graph.ros_environment does the
+    # same for the processes the tests start).
+    from dfanet_ros.graph import PROFILE_VARIABLE, fastdds_profile
+
+    os.environ.setdefault(PROFILE_VARIABLE, str(fastdds_profile()))
     config.addinivalue_line("markers", "gpu: needs a CUDA GPU (skipped where there is none)")
     config.addinivalue_line("markers", "slow: longer integration test (still runs in CI)")
     config.addinivalue_line(
@@ -239,9 +246,9 @@ def ros_domain_env(tmp_path: Path) -> dict[str, str]:
     """Environment for ROS processes of one test: its own domain and localhost-only discovery, so
     parallel tests never cross-talk.
 
-    Measured here: with localhost-only discovery rmw_fastrtps ignores
-    FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA, so best-effort messages over ~0.5 MB are lost between
-    processes; tests that send such frames use reliable QoS (see docs/ros_interface.md).
+    Every process loads the shipped Fast DDS profile (config/fastdds_profile.xml, a 64 MiB
+    shared-memory segment): without it best-effort messages over ~0.5 MB are lost between
+    processes under localhost-only discovery (docs/ros_interface.md, "QoS and transport").
     """
     from dfanet_ros.graph import ros_environment
 

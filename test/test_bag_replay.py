@@ -192,7 +192,8 @@ def test_environment_defaults(tmp_path):
     env = ros_environment(None, tmp_path, base={"PATH": os.environ["PATH"]})
     assert 100 <= int(env["ROS_DOMAIN_ID"]) <= 199
     assert env["ROS_AUTOMATIC_DISCOVERY_RANGE"] == "LOCALHOST"
-    assert env["FASTDDS_BUILTIN_TRANSPORTS"] == "LARGE_DATA"
+    assert env["FASTDDS_DEFAULT_PROFILES_FILE"].endswith("config/fastdds_profile.xml")
+    assert Path(env["FASTDDS_DEFAULT_PROFILES_FILE"]).is_file()
     assert env["ROS_LOG_DIR"] == str(tmp_path)
     kept = ros_environment(None, tmp_path, base={"ROS_DOMAIN_ID": "7", "HOME": "/root"},
                            own_graph=True)

@@ -328,12 +328,21 @@ def test_tensorrt_backend_without_gpu_says_what_is_missing(seg_ort, onnx_cache, 
         Segmenter.from_onnx(ort_export(onnx_cache), backend="tensorrt", engine_cache_dir=tmp_path)
 
 
-def test_tensorrt_builds_the_dfanet_graph(seg_ort, onnx_cache, tmp_path):
-    """The real network's classes-head ONNX (Resize, Concat, depthwise convs, ArgMax, uint8 Cast)
-    parses and builds with the installed TensorRT, no GPU needed."""
+def test_tensorrt_builds_the_dfanet_graph(shipped_checkpoint, tmp_path):
+    """The real network's classes-head ONNX as the tensorrt backend exports it (Resize, Concat,
+    depthwise convs, ArgMax, uint8 Cast; the fast head; no threshold input: the builder takes
+    one input) parses and builds with the installed TensorRT, no GPU needed."""
+    from dfanet_core.deploy.export import cached_onnx_export
     from dfanet_core.deploy.tensorrt import BuildOptions, get_or_build_engine
+    from dfanet_core.deploy.tensorrt.builder import EngineBuildError
 
-    path = ort_export(onnx_cache)
+    path = cached_onnx_export(shipped_checkpoint, INPUT_SIZE, 1, "fp32", tmp_path / "onnx",
+                              head_resolution="x2")
+    with pytest.raises(EngineBuildError, match="min_confidence"):  # the ONNX Runtime export
+        get_or_build_engine(cached_onnx_export(shipped_checkpoint, INPUT_SIZE, 1, "fp32",
+                                               tmp_path / "onnx", head_resolution="x2",
+                                               min_confidence_input=True),
+                            tmp_path / "ort.engine", BuildOptions(workspace_mib=256))
     engine = tmp_path / "dfanet_b.fp32.engine"
     data, built = get_or_build_engine(path, engine, BuildOptions(workspace_mib=256))
     assert built and len(data) > 1_000_000 and engine.is_file()

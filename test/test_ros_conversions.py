@@ -321,3 +321,31 @@ def test_writing_rejects_arrays_that_do_not_fit_the_encoding(rgb):
         conv.numpy_to_image_fields(rgb, "yuyv")
     with pytest.raises(ValueError, match="empty image"):
         conv.numpy_to_image_fields(np.zeros((0, 4), np.uint8), "mono8")
+
+
+def test_message_data_is_filled_with_one_copy_into_a_reused_buffer():
+    from sensor_msgs.msg import Image
+
+    mask = np.random.default_rng(3).integers(0, 11, (48, 64), dtype=np.uint8)
+    msg = conv.fill_image(Image(check_fields=True), mask, "mono8")
+    buffer = msg.data
+    assert isinstance(buffer, array.array) and bytes(buffer) == mask.tobytes()
+    other = np.flipud(mask)
+    again = conv.fill_image(Image(check_fields=True), other, "mono8", out=buffer)
+    assert again.data is buffer and bytes(buffer) == other.tobytes()  # refilled, not reallocated
+    wrong_size = conv.fill_image(Image(check_fields=True), other[:10], "mono8", out=buffer)
+    assert wrong_size.data is not buffer and len(wrong_size.data) == 10 * 64
+    # what the buffer path avoids: rosidl's setter copies unless fields are checked
+    assert Image(check_fields=False, data=buffer).data is not buffer
+
+
+def test_png_mask_is_lossless():
+    mask = np.random.default_rng(4).integers(0, 12, (120, 160), dtype=np.uint8)
+    mask[:10] = 255  # unknown pixels survive too
+    for level in (0, 1, 9):
+        data = conv.mask_to_png(mask, level)
+        decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        np.testing.assert_array_equal(decoded, mask)
+    assert conv.PNG_MASK_FORMAT.startswith("mono8; png compressed")
+    with pytest.raises(ValueError, match="a mask is an"):
+        conv.mask_to_png(np.zeros((4, 4, 3), np.uint8))

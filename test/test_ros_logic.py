@@ -26,7 +26,28 @@ def test_every_parameter_is_declared_once_with_a_description():
         assert len(spec.description) > 15, spec.name
     assert params.SPECS["backend"].constraints == "one of: auto, onnxruntime, torch, tensorrt"
     assert params.SPECS["max_drop_ratio"].constraints == ">= 0 and <= 1"
-    assert params.SPECS["no_input_timeout_s"].constraints == "> 0"
+    assert params.SPECS["no_input_timeout_s"].constraints == ">= 0.1"
+
+
+def test_descriptors_carry_real_ranges_and_the_read_only_flag():
+    import math
+
+    descriptor = params.descriptor(params.SPECS["min_confidence"])
+    (fp_range,) = descriptor.floating_point_range
+    assert (fp_range.from_value, fp_range.to_value) == (0.0, 1.0) and not descriptor.read_only
+    (int_range,) = params.descriptor(params.SPECS["png_compression_level"]).integer_range
+    assert (int_range.from_value, int_range.to_value, int_range.step) == (0, 9, 0)
+    (depth,) = params.descriptor(params.SPECS["input_depth"]).integer_range
+    assert (depth.from_value, depth.to_value) == (1, 1000)
+    (rate,) = params.descriptor(params.SPECS["expected_rate_hz"]).floating_point_range
+    assert rate.from_value == 0.0 and math.isinf(rate.to_value)
+    assert params.descriptor(params.SPECS["input_qos"]).read_only  # topics and QoS: restart
+    assert not params.descriptor(params.SPECS["checkpoint"]).read_only  # reloads the model
+    for spec in params.PARAMETERS:  # every numeric parameter with bounds has a range
+        numeric = isinstance(spec.default, (int, float)) and not isinstance(spec.default, bool)
+        if numeric and (spec.min_value is not None or spec.max_value is not None):
+            d = params.descriptor(spec)
+            assert d.integer_range or d.floating_point_range, spec.name
 
 
 def test_defaults_give_the_documented_config():
@@ -53,7 +74,7 @@ def test_values_are_converted_to_their_canonical_types():
     [
         ("backend", "cuda", "parameter 'backend': invalid value 'cuda'; allowed: auto, "
          "onnxruntime, torch, tensorrt"),
-        ("precision", "fp64", "allowed: fp32, fp16, int8"),
+        ("precision", "fp64", "invalid value 'fp64'; allowed: fp32, fp16"),
         ("resize_mode", "crop", "allowed: stretch, letterbox"),
         ("input_type", "jpeg", "allowed: raw, compressed"),
         ("input_qos", "BEST_EFFORT", "allowed: SENSOR_DATA, DEFAULT, SYSTEM_DEFAULT"),
@@ -61,7 +82,9 @@ def test_values_are_converted_to_their_canonical_types():
         ("input_depth", 0, "value 0 out of range; allowed: >= 1 and <= 1000"),
         ("gpu_id", -1, "allowed: >= 0"),
         ("max_drop_ratio", 1.5, "allowed: >= 0 and <= 1"),
-        ("no_input_timeout_s", 0.0, "allowed: > 0"),
+        ("no_input_timeout_s", 0.0, "allowed: >= 0.1"),
+        ("min_confidence", 1.5, "value 1.5 out of range; allowed: >= 0 and <= 1"),
+        ("png_compression_level", 10, "allowed: >= 0 and <= 9"),
         ("expected_rate_hz", float("nan"), "expected a finite number"),
         ("publish_color", "yes", "expected true or false, got 'yes'"),
         ("threads", 2.5, "expected an integer, got 2.5"),
@@ -84,6 +107,49 @@ def test_unknown_parameters_suggest_the_closest_name():
         "unknown parameter 'backnd' ignored (did you mean 'backend'?)",
         "unknown parameter 'zzz_top' ignored",
     ]
+
+
+def test_run_time_changes_are_reviewed_by_kind(tmp_path):
+    config = params.config_from_values({})
+    live = params.review_change(config, {"min_confidence": 0.4, "color_mode": "overlay"})
+    assert live.config.min_confidence == 0.4 and live.config.color_mode == "overlay"
+    assert live.changed == {"min_confidence", "color_mode"} and not live.reload
+    assert not params.review_change(config, {"min_confidence": 0.0}).changed  # same value
+    model = tmp_path / "other.safetensors"
+    model.write_bytes(b"x")
+    reload = params.review_change(config, {"checkpoint": str(model), "input_size": [256, 512]})
+    assert reload.reload and reload.config.input_size == (256, 512)
+    with pytest.raises(params.ParameterError, match="'input_qos': cannot change while the node "
+                       "runs"):
+        params.review_change(config, {"input_qos": "DEFAULT"})
+    with pytest.raises(params.ParameterError, match="'checkpoint': file not found"):
+        params.review_change(config, {"checkpoint": str(tmp_path / "missing.safetensors")})
+    with pytest.raises(params.ParameterError, match=r"'min_confidence': value 2.0 out of range; "
+                       r"allowed: >= 0 and <= 1"):
+        params.review_change(config, {"min_confidence": 2.0})
+    assert params.reload_values(config)["input_size"] == [0, 0]
+
+
+def test_live_parameters_review_apply_and_the_nodes_own_values():
+    from types import SimpleNamespace as P
+
+    config, applied, reloading = params.config_from_values({}), [], [False]
+    live = params.LiveParameters(lambda: config, lambda: reloading[0], applied.append,
+                                 facts=("class_names",))
+    ok = live.review([P(name="min_confidence", value=0.3), P(name="qos_overrides./x", value=1)])
+    assert ok.successful
+    live.applied([])
+    assert applied[-1].config.min_confidence == 0.3
+    refused = live.review([P(name="overlay_alpha", value=-1.0)])
+    assert not refused.successful and "parameter 'overlay_alpha'" in refused.reason
+    assert "set by the node" in live.review([P(name="class_names", value=["x"])]).reason
+    reloading[0] = True
+    busy = live.review([P(name="threads", value=1)])
+    assert not busy.successful and "a model reload is under way" in busy.reason
+    with live.own():  # the node's own updates pass unreviewed and are not applied again
+        assert live.review([P(name="class_names", value=["a"])]).successful
+        live.applied([])
+    assert len(applied) == 1
 
 
 def test_runtime_choices_are_the_cores_own():
@@ -184,8 +250,10 @@ def _streaming(rate_hz: float, drop_every: int = 0, seconds: float = 10.0) -> Pi
     return stats
 
 
-def _status(stats, now=10.0, publishers=1, state=READY, thresholds=THRESHOLDS):
-    return diag.build_status(stats.snapshot(now), thresholds, state, INFO, publishers, "640x480")
+def _status(stats, now=10.0, publishers=1, state=READY, thresholds=THRESHOLDS, **observed):
+    seen = diag.Observations(**{"input_publishers": publishers, "input_resolution": "640x480",
+                                **observed})
+    return diag.build_status(stats.snapshot(now), thresholds, state, INFO, seen)
 
 
 def test_ok_status_has_the_documented_shape():
@@ -256,6 +324,22 @@ def test_loading_and_failed_states():
     assert failed.level == diag.ERROR and "checkpoint corrupt" in failed.message
 
 
+def test_camera_info_of_another_size_warns_and_idle_and_lifecycle_states_are_ok():
+    stats = _streaming(12.0)
+    mismatch = _status(stats, camera_info_resolution="1280x720")
+    assert mismatch.level == diag.WARN
+    assert "camera_info describes 1280x720 images but the images are 640x480" in mismatch.message
+    assert diag.values_dict(mismatch)["camera_info_resolution"] == "1280x720"
+    assert _status(stats, camera_info_resolution="640x480").level == diag.OK
+    idle = _status(stats, idle_reason="nobody subscribes")
+    assert (idle.level, idle.message) == (diag.OK, "idle: nobody subscribes")
+    assert diag.values_dict(idle)["idle_reason"] == "nobody subscribes"
+    for phase, waiting in (("unconfigured", "configure"), ("inactive", "activate")):
+        status = _status(stats, state=diag.NodeState(phase))
+        assert status.level == diag.OK and f"waiting for {waiting}" in status.message
+    assert diag.values_dict(_status(stats, min_confidence=0.25))["min_confidence"] == "0.25"
+
+
 def test_diagnostic_array_round_trip():
     from builtin_interfaces.msg import Time
 
@@ -270,28 +354,48 @@ def test_diagnostic_array_round_trip():
 # -- launch -----------------------------------------------------------------------------------
 def test_launch_plan_defaults():
     plan = launch_logic.plan_launch({}, "/opt/share/dfanet_ros", environ={})
-    assert plan.parameters == ("/opt/share/dfanet_ros/config/segment.yaml",)
+    assert plan.parameters == ("/opt/share/dfanet_ros/config/segment.yaml",
+                               {"managed": False, "use_sim_time": False})
     assert plan.remappings == (
         ("image", "/camera/image_raw"),
         ("image/compressed", "/camera/image_raw/compressed"),
+        ("camera_info", "/camera/camera_info"),
     )
-    assert plan.environment == (("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA"),)
+    assert plan.environment == (
+        ("FASTDDS_DEFAULT_PROFILES_FILE", "/opt/share/dfanet_ros/config/fastdds_profile.xml"),)
     assert (plan.namespace, plan.node_name) == ("", "segment_node")
+    assert plan.ros_arguments == ("--log-level", "info")
 
 
 def test_launch_plan_with_arguments():
     plan = launch_logic.plan_launch(
         {"image": "/cam1/image_raw/", "input_type": "compressed", "backend": "tensorrt",
-         "namespace": "/cam1/", "params_file": "/tmp/p.yaml"},
+         "namespace": "/cam1/", "params_file": "/tmp/p.yaml", "managed": "true",
+         "use_sim_time": "true", "min_confidence": "0.25", "log_level": "warn",
+         "fastdds_profile": "/etc/dds.xml"},
         "/share",
-        environ={"FASTDDS_BUILTIN_TRANSPORTS": "SHM"},
+        environ={},
     )
-    assert plan.parameters == ("/tmp/p.yaml", {"input_type": "compressed", "backend": "tensorrt"})
+    assert plan.parameters == ("/tmp/p.yaml", {
+        "input_type": "compressed", "backend": "tensorrt", "managed": True,
+        "use_sim_time": True, "min_confidence": 0.25})
     assert ("image/compressed", "/cam1/image_raw/compressed") in plan.remappings
-    assert plan.environment == ()  # the user's transport choice wins
-    assert plan.namespace == "cam1"
-    off = launch_logic.plan_launch({"large_data_transport": "false"}, "/share", environ={})
-    assert off.environment == ()
+    assert ("camera_info", "/cam1/camera_info") in plan.remappings
+    assert plan.environment == (("FASTDDS_DEFAULT_PROFILES_FILE", "/etc/dds.xml"),)
+    assert plan.namespace == "cam1" and plan.ros_arguments == ("--log-level", "warn")
+    # the user's profile in the environment wins; 'none' leaves the environment alone
+    mine = {"FASTDDS_DEFAULT_PROFILES_FILE": "/home/me/dds.xml"}
+    assert launch_logic.plan_launch({}, "/share", environ=mine).environment == ()
+    assert launch_logic.plan_launch({"fastdds_profile": "none"}, "/share",
+                                    environ={}).environment == ()
+    # every argument of the launch file is one the plan takes (a test per argument above)
+    covered = {"params_file", "image", "input_type", "backend", "checkpoint", "namespace",
+               "node_name", "managed", "use_sim_time", "min_confidence", "log_level",
+               "fastdds_profile"}
+    assert {arg.name for arg in launch_logic.LAUNCH_ARGUMENTS} == covered
+    named = launch_logic.plan_launch({"node_name": "front_seg", "checkpoint": "/m.safetensors"},
+                                     "/share", environ={})
+    assert named.node_name == "front_seg" and named.parameters[1]["checkpoint"] == "/m.safetensors"
 
 
 @pytest.mark.parametrize(
@@ -301,6 +405,10 @@ def test_launch_plan_with_arguments():
         ({"input_type": "h264"}, "launch argument 'input_type'"),
         ({"image": ""}, "launch argument 'image'"),
         ({"imgae": "/x"}, "unknown launch argument"),
+        ({"managed": "yes"}, "launch argument 'managed': invalid value 'yes'"),
+        ({"log_level": "loud"}, "launch argument 'log_level'"),
+        ({"min_confidence": "high"}, "launch argument 'min_confidence': 'high' is not a number"),
+        ({"min_confidence": "1.5"}, r"min_confidence.*out of range; allowed: >= 0 and <= 1"),
     ],
 )
 def test_launch_plan_rejects_bad_arguments(arguments, message):
@@ -354,10 +462,10 @@ def test_launch_file_starts_the_node_the_plan_describes(monkeypatch, installed_p
     """segment.launch.py run against stand-in launch classes and the real ament index of a
     colcon-style install: it declares every argument and starts the node as plan_launch says
     (params file from the package's share directory, overrides, remappings, namespace, the
-    Fast DDS variable)."""
+    Fast DDS profile, the log level)."""
     launch = _stand_in_launch(monkeypatch)
     monkeypatch.setenv("AMENT_PREFIX_PATH", str(installed_prefix))
-    monkeypatch.delenv(launch_logic.FASTDDS_TRANSPORT_VARIABLE, raising=False)
+    monkeypatch.delenv(launch_logic.PROFILE_VARIABLE, raising=False)
     spec = importlib.util.spec_from_file_location(
         "segment_launch", installed_prefix / "share/dfanet_ros/launch/segment.launch.py")
     module = importlib.util.module_from_spec(spec)
@@ -372,21 +480,26 @@ def test_launch_file_starts_the_node_the_plan_describes(monkeypatch, installed_p
 
     values = {a.name: a.default for a in launch_logic.LAUNCH_ARGUMENTS}
     values.update(image="/cam1/image_raw", input_type="compressed", namespace="cam1",
-                  backend="tensorrt")
+                  backend="tensorrt", managed="true", min_confidence="0.5", log_level="debug")
     context = types.SimpleNamespace(launch_configurations=values)
     *environment, node = opaque.kwargs["function"](context)
+    share_profile = installed_prefix / "share/dfanet_ros/config/fastdds_profile.xml"
     assert [(e.args, e.kwargs) for e in environment] == [
-        (("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA"), {})]
+        (("FASTDDS_DEFAULT_PROFILES_FILE", str(share_profile)), {})]
     share_params = installed_prefix / "share/dfanet_ros/config/segment.yaml"
     assert isinstance(node, launch.Node) and node.kwargs == {
         "package": "dfanet_ros", "executable": "segment_node", "name": "segment_node",
         "namespace": "cam1",
-        "parameters": [str(share_params), {"input_type": "compressed", "backend": "tensorrt"}],
+        "parameters": [str(share_params), {"input_type": "compressed", "backend": "tensorrt",
+                                           "managed": True, "use_sim_time": False,
+                                           "min_confidence": 0.5}],
         "remappings": [("image", "/cam1/image_raw"),
-                       ("image/compressed", "/cam1/image_raw/compressed")],
+                       ("image/compressed", "/cam1/image_raw/compressed"),
+                       ("camera_info", "/cam1/camera_info")],
+        "ros_arguments": ["--log-level", "debug"],
         "output": "screen", "emulate_tty": True,
     }
-    assert share_params.is_file()
+    assert share_params.is_file() and share_profile.is_file()
     source = (REPO_ROOT / "launch" / "segment.launch.py").read_text()
     assert "eval(" not in source and "subprocess" not in source
 

@@ -210,8 +210,8 @@ def _bad_image(rgb: np.ndarray, height=None, width=None, step=None, encoding=Non
 def test_bad_frames_are_reported_and_the_next_good_frame_is_processed(
     ros_env, tmp_path, calibrated_checkpoint, offline, frames
 ):
-    # reliable input: with localhost-only discovery rmw_fastrtps ignores LARGE_DATA, and
-    # best-effort frames over ~0.5 MB (the 3.6 MB "very large" one) never arrive
+    # reliable input: each bad frame must arrive once (best effort may lose a single message;
+    # frames over ~0.5 MB need the Fast DDS profile, which ros_env names)
     params = node_params(calibrated_checkpoint, max_input_pixels=1_000_000,
                          input_qos="DEFAULT")
     with NodeProcess(params, ros_env, tmp_path) as node, \

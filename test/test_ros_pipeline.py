@@ -12,14 +12,19 @@ import cv2
 import numpy as np
 import pytest
 
-from dfanet_ros import conversions
+from dfanet_ros import conversions, outputs
+from dfanet_ros.params import config_from_values
 from dfanet_ros.pipeline import (
     BackendFailure,
     BadFrame,
+    CameraInfoCache,
     Frame,
     LatestSlot,
     LogThrottle,
+    ModelHolder,
+    camera_info_resolution,
     colour_output,
+    label_entries,
     segment_frame,
 )
 
@@ -123,8 +128,127 @@ def test_undecodable_frames_are_bad_frames(segmenter, rgb):
 
 def test_a_failing_backend_is_a_backend_failure(rgb):
     class FailingSegmenter:  # stands in for a GPU that fails mid-run
-        def predict_detailed(self, images, channel_order="RGB", confidence=False):
+        def predict_detailed(self, images, channel_order="RGB", confidence=False, **options):
             raise RuntimeError("CUDA error: an illegal memory access was encountered")
 
     with pytest.raises(BackendFailure, match="RuntimeError: CUDA error: an illegal memory"):
         segment_frame(Frame(raw_msg(rgb, "rgb8"), 0.0), FailingSegmenter(), compressed=False)
+
+
+def test_min_confidence_reaches_the_segmenter(segmenter, rgb):
+    """The threshold is the Segmenter's (computed on its device): the node passes it through."""
+    frame = Frame(raw_msg(rgb, "rgb8"), time.monotonic())
+    plain = segment_frame(frame, segmenter, compressed=False, confidence=True)
+    threshold = float(np.median(plain.confidence))  # about half the pixels below it
+    strict = segment_frame(frame, segmenter, compressed=False, min_confidence=threshold)
+    np.testing.assert_array_equal(strict.mask, segmenter.predict(rgb, min_confidence=threshold))
+    unknown = strict.mask == 255
+    assert 0.2 < unknown.mean() < 0.8 and not (plain.mask == 255).any()
+    np.testing.assert_array_equal(strict.mask[~unknown], plain.mask[~unknown])
+    assert (plain.confidence[unknown] < threshold).all()
+
+
+class _Model:
+    """A stand-in Segmenter: remembers whether it was closed."""
+
+    def __init__(self, name):
+        self.name, self.closed = name, False
+
+    def close(self):
+        self.closed = True
+
+
+def test_model_holder_keeps_the_old_model_serving_until_the_new_one_is_ready():
+    gate, results = threading.Event(), []
+
+    def load(config):
+        if config == "broken":
+            raise RuntimeError("corrupt checkpoint")
+        if config == "slow":
+            assert gate.wait(30)
+        return _Model(config)
+
+    holder = ModelHolder(load)
+    first = holder.load("first")
+    assert holder.loaded and holder.config == "first"
+    assert holder.reload("slow", results.append)
+    assert not holder.reload("other", results.append)  # one reload at a time
+    with holder.using() as model:  # frames in the meantime: the old model
+        assert model is first and holder.reloading
+    gate.set()
+    deadline = time.monotonic() + 30
+    while not results and time.monotonic() < deadline:
+        time.sleep(0.01)  # the reload thread reports; polling a stand-in, no ROS graph here
+    assert results == [None] and first.closed
+    with holder.using() as model:
+        assert model.name == "slow" and holder.config == "slow"
+    assert holder.reload("broken", results.append)
+    while len(results) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert isinstance(results[1], RuntimeError)
+    with holder.using() as model:  # a failed reload leaves the served model in place
+        assert model.name == "slow" and not model.closed and holder.config == "slow"
+    holder.close()
+    assert model.closed and not holder.loaded
+
+
+def _camera_info(stamp_ns, width=480, height=360, binning=0):
+    stamp = SimpleNamespace(sec=stamp_ns // 10**9, nanosec=stamp_ns % 10**9)
+    return SimpleNamespace(header=SimpleNamespace(stamp=stamp, frame_id="cam"), width=width,
+                           height=height, binning_x=binning, binning_y=binning)
+
+
+def test_camera_info_pairs_by_stamp_else_the_newest():
+    cache = CameraInfoCache(size=2)
+    assert cache.match(5) is None
+    first, second, third = (_camera_info(t) for t in (10, 20, 30))
+    for msg in (first, second, third):
+        cache.add(msg)
+    assert cache.match(20) is second and cache.match(10) is third  # 10 fell out: the newest
+    assert cache.resolution == "480x360"
+    assert camera_info_resolution(_camera_info(0, 1280, 960, binning=2)) == "640x480"
+    assert camera_info_resolution(_camera_info(0, 0, 0)) == ""
+    assert label_entries(["Sky", "Road"]) == [(0, "Sky"), (1, "Road")]
+
+
+class _Publisher:
+    def __init__(self, subscribers=0):
+        self.subscribers, self.sent = subscribers, []
+
+    def get_subscription_count(self):
+        return self.subscribers
+
+    def publish(self, msg):
+        self.sent.append(msg)
+
+
+def test_outputs_publish_the_mask_and_what_has_listeners(segmenter, rgb):
+    from std_msgs.msg import Header
+
+    result = segment_frame(Frame(raw_msg(rgb, "rgb8"), 0.0), segmenter, compressed=False)
+    config = config_from_values({})
+    pubs = {name: _Publisher() for name in outputs.FRAME_OUTPUTS}
+    out = outputs.Outputs()
+    for name, pub in pubs.items():
+        out.offer(name, pub)
+    assert out.listeners() == 0
+    header = Header(frame_id="cam")
+    assert out.publish(header, result, config, segmenter.palette, _camera_info(1)) == []
+    (mask,) = pubs[outputs.MASK].sent  # the mask always: lazy mode is the node's decision
+    assert mask.header is header and mask.encoding == "mono8"
+    np.testing.assert_array_equal(conversions.image_to_numpy(mask), result.mask)
+    for name in (outputs.COMPRESSED, outputs.COLOR, outputs.CAMERA_INFO):
+        pubs[name].subscribers = 1
+    assert out.listeners() == 3
+    sent = out.publish(header, result, config, segmenter.palette, _camera_info(1))
+    assert sent == [outputs.COMPRESSED, outputs.COLOR, outputs.CAMERA_INFO]
+    png = pubs[outputs.COMPRESSED].sent[0]
+    assert png.format == conversions.PNG_MASK_FORMAT and png.header is header
+    decoded = cv2.imdecode(np.frombuffer(bytes(png.data), np.uint8), cv2.IMREAD_UNCHANGED)
+    np.testing.assert_array_equal(decoded, result.mask)
+    assert pubs[outputs.CAMERA_INFO].sent[0].header is header
+    # the mask buffer is reused from frame to frame (no allocation), and holds this frame
+    first, second = pubs[outputs.MASK].sent[:2]
+    assert first.data is second.data
+    assert out.offer(outputs.COLOR, None) is pubs[outputs.COLOR]
+    assert outputs.COLOR not in out.publish(header, result, config, segmenter.palette)

@@ -6,6 +6,7 @@ info and the diagnostics; its waits end on messages and fail with the node's log
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -71,9 +72,10 @@ def test_the_client_records_what_a_node_publishes(ros_env):
             np.testing.assert_array_equal(mask.array, rgb[:, :, 0])
         latencies = client.latencies_ms()
         assert sorted(latencies) == stamps and all(v > 0 for v in latencies.values())
-        # two idle reports in a row with the same frames_in: the node is done
-        client.publish_image(frames[0])
-        status = client.wait_idle(timeout_s=60.0, after=0.0)
+        # two idle reports in a row with the same frames_in, both received after the last mask:
+        # the node is done (reports from before it, frames_in 0 or 3, do not count)
+        client.wait_mask(client.publish_image(frames[0]), timeout_s=60.0)
+        status = client.wait_idle(timeout_s=60.0, after=time.monotonic())
         assert diagnostics.values_dict(status)["frames_in"] == "4"
         assert peer.frames == 4
         with pytest.raises(NodeError, match=r"timed out waiting for mask 1 \(0.2 s\)"):

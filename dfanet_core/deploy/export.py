@@ -2,10 +2,11 @@
 
 Two graph heads:
     ``logits``   images (N,3,H,W float32, normalized) -> logits (N,C,H,W float32). The plain model.
-    ``classes``  images -> class_ids (N,H,W uint8) [+ confidence (N,H,W float32, max softmax
-                 probability)]. Argmax and softmax run inside the graph, on the inference device,
-                 so a
-                 runtime reads back one byte per pixel instead of C floats. The Segmenter uses it.
+    ``classes``  images [, min_confidence] -> class_ids (N,h,w uint8) [+ confidence (N,h,w
+                 float32, max softmax probability)]. Argmax and softmax run inside the graph, on
+                 the inference device, so a runtime reads back one byte per pixel instead of C
+                 floats; h x w is the head resolution (dfanet_core.deploy.heads: the input size
+                 for ``full``, 1/2 for ``x2``). The Segmenter uses it.
 
 The checkpoint meta (class names, palette, mean/std, input size, variant, ...) and the export
 settings
@@ -39,13 +40,24 @@ from torch import nn
 from ..checkpoint import CheckpointError, load_checkpoint
 from ..files import atomic_path, default_cache_dir, sha256_file
 from ..models.fusion import fuse_conv_bn
+from .cpu_layout import anchor_attention_outputs, pad_channels, split_lateral_concats
+from .equalize import equalize_ranges
+from .heads import (
+    HEAD_RESOLUTIONS,
+    MIN_CONFIDENCE_INPUT,
+    ClassesHead,
+    LogitsHead,
+    check_head_resolution,
+    head_logits,
+)
 from .preprocess import plan_placement, preprocess_numpy
 
 LOG = logging.getLogger(__name__)
 
 OPSET = 18
 #: Bumped when the exported graph changes for the same checkpoint (invalidates cached exports).
-EXPORT_FORMAT_VERSION = 2  # 2: batch norm folded into the convolutions (fp16-safe)
+#: 2: batch norm folded into the convolutions (fp16-safe); 3: head resolutions, min_confidence.
+EXPORT_FORMAT_VERSION = 3
 HEADS = ("logits", "classes")
 PRECISIONS = ("fp32", "fp16")
 INPUT_NAME = "images"
@@ -61,39 +73,6 @@ class OnnxModelError(RuntimeError):
     and the command that writes a good one."""
 
 
-class ClassesHead(nn.Module):
-    """Wrap a segmentation model so its graph ends in per-pixel class ids (uint8) and, optionally,
-    the max softmax probability. ``compute_dtype`` float16 casts the input inside the graph, so the
-    graph's interface stays float32 while a strongly typed TensorRT build runs in fp16."""
-
-    def __init__(self, model: nn.Module, confidence: bool, compute_dtype: torch.dtype):
-        super().__init__()
-        self.model = model
-        self.confidence = confidence
-        self.compute_dtype = compute_dtype
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        logits = self.model(images.to(self.compute_dtype)).float()
-        class_ids = logits.argmax(dim=1).to(torch.uint8)
-        if not self.confidence:
-            return class_ids
-        # max softmax = 1 / sum(exp(logits - max)): no full softmax tensor is kept.
-        peak = logits.amax(dim=1, keepdim=True)
-        return class_ids, torch.exp(logits - peak).sum(dim=1).reciprocal()
-
-
-class LogitsHead(nn.Module):
-    """The plain model, with the same fp16 casting rule as :class:`ClassesHead`."""
-
-    def __init__(self, model: nn.Module, compute_dtype: torch.dtype):
-        super().__init__()
-        self.model = model
-        self.compute_dtype = compute_dtype
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model(images.to(self.compute_dtype)).float()
-
-
 @dataclass(frozen=True)
 class OnnxModelInfo:
     """What a dfanet ONNX file says about itself (from its graph and metadata_props)."""
@@ -104,6 +83,8 @@ class OnnxModelInfo:
     input_name: str
     input_shape: tuple[int | str, ...]
     output_names: tuple[str, ...]
+    #: Inputs after the image input (``min_confidence`` for graphs that threshold).
+    extra_inputs: tuple[str, ...] = ()
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -118,6 +99,10 @@ class OnnxModelInfo:
     def precision(self) -> str:
         """Compute precision baked into the graph ('fp32' or 'fp16')."""
         return str(self.export.get("precision", "fp32"))
+
+    @property
+    def has_min_confidence_input(self) -> bool:
+        return MIN_CONFIDENCE_INPUT in self.extra_inputs
 
 
 @dataclass
@@ -141,29 +126,46 @@ def _output_names(head: str, confidence: bool) -> list[str]:
     return ["class_ids", "confidence"] if confidence else ["class_ids"]
 
 
-def _wrap(model: nn.Module, head: str, confidence: bool, precision: str) -> nn.Module:
+def _wrap(
+    model: nn.Module,
+    head: str,
+    confidence: bool,
+    precision: str,
+    resolution: str = "full",
+    threshold_input: bool = False,
+    cpu_layout: bool = False,
+    equalize: bool = False,
+) -> nn.Module:
     if head not in HEADS:
         raise ValueError(f"head must be one of {HEADS}, got {head!r}")
+    check_head_resolution(resolution)
     if precision not in PRECISIONS:
         raise ValueError(f"export precision must be one of {PRECISIONS}, got {precision!r}")
     # Batch norm folded into the convolutions: the graph's intermediate values then fit float16
     # (see dfanet_core.models.fusion), which TensorRT fp16 engines and fp16 exports need.
     model = fuse_conv_bn(model.cpu()).eval()
+    if equalize:
+        model = equalize_ranges(model)
+    if cpu_layout:
+        model = split_lateral_concats(pad_channels(anchor_attention_outputs(model)))
     dtype = torch.float16 if precision == "fp16" else torch.float32
     model = model.to(dtype)
     if head == "classes":
-        return ClassesHead(model, confidence, dtype).eval()
+        return ClassesHead(model, confidence, dtype, resolution, threshold_input).eval()
     return LogitsHead(model, dtype).eval()
 
 
 def _to_proto_dynamo(
-    wrapped: nn.Module, example: torch.Tensor, outputs: list[str], dynamic_batch: bool
+    wrapped: nn.Module, example: tuple[torch.Tensor, ...], outputs: list[str],
+    dynamic_batch: bool,
 ) -> onnx.ModelProto:
-    dynamic_shapes = {INPUT_NAME: {0: torch.export.Dim("batch", min=1, max=1024)}}
+    dynamic_shapes: dict[str, Any] = {INPUT_NAME: {0: torch.export.Dim("batch", min=1, max=1024)}}
+    if len(example) > 1:
+        dynamic_shapes[MIN_CONFIDENCE_INPUT] = None
     program = torch.onnx.export(
         wrapped,
-        (example,),
-        input_names=[INPUT_NAME],
+        example,
+        input_names=_input_names(example),
         output_names=outputs,
         opset_version=OPSET,
         dynamo=True,
@@ -175,21 +177,26 @@ def _to_proto_dynamo(
 
 
 def _to_proto_torchscript(
-    wrapped: nn.Module, example: torch.Tensor, outputs: list[str], dynamic_batch: bool
+    wrapped: nn.Module, example: tuple[torch.Tensor, ...], outputs: list[str],
+    dynamic_batch: bool,
 ) -> onnx.ModelProto:
     buffer = io.BytesIO()
     axes = {name: {0: "batch"} for name in [INPUT_NAME, *outputs]} if dynamic_batch else None
     torch.onnx.export(
         wrapped,
-        (example,),
+        example,
         buffer,
-        input_names=[INPUT_NAME],
+        input_names=_input_names(example),
         output_names=outputs,
         opset_version=OPSET,
         dynamo=False,
         dynamic_axes=axes,
     )
     return onnx.load_from_string(buffer.getvalue())
+
+
+def _input_names(example: tuple[torch.Tensor, ...]) -> list[str]:
+    return [INPUT_NAME, MIN_CONFIDENCE_INPUT][: len(example)]
 
 
 def _quiet_exporter_logs() -> list[tuple[logging.Logger, int]]:
@@ -214,12 +221,22 @@ def export_onnx(
     head: str = "logits",
     confidence: bool = True,
     precision: str = "fp32",
+    head_resolution: str = "full",
+    min_confidence_input: bool = False,
+    cpu_layout: bool = False,
+    equalize: bool = False,
     exporter: str = "dynamo",
     extra_export_info: dict[str, Any] | None = None,
 ) -> Path:
     """Export ``model`` to a single-file opset-18 ONNX at ``path`` (atomically) and check it.
 
     ``input_size`` is (H, W); the batch is ``batch_size`` or, with ``dynamic_batch``, symbolic.
+    The classes head computes its argmax at ``head_resolution`` (see deploy.heads); with
+    ``min_confidence_input`` it takes a second input, the ``min_confidence`` threshold (float32
+    [1]), and marks pixels below it 255 inside the graph. ``cpu_layout`` shapes the graph for ONNX
+    Runtime's blocked CPU layout (dfanet_core.deploy.cpu_layout; same outputs). ``equalize``
+    applies cross-layer range equalisation (dfanet_core.deploy.equalize; same outputs, weight
+    ranges fit 8-bit grids: for INT8 builds).
     ``exporter`` 'dynamo' (default) falls back to the TorchScript exporter only if dynamo fails;
     the
     reason is logged and recorded as ``dfanet.export.exporter_fallback``. Returns the path.
@@ -232,12 +249,23 @@ def export_onnx(
     num_classes = int(meta.get("num_classes", 0))
     if head == "classes" and num_classes > 255:
         raise ValueError(f"the classes head writes uint8 ids; {num_classes} classes do not fit")
-    wrapped = _wrap(model, head, confidence, precision)
+    if head != "classes" and (head_resolution != "full" or min_confidence_input):
+        raise ValueError(
+            "head_resolution and min_confidence_input belong to the classes head; the logits "
+            "head is the plain model"
+        )
+    wrapped = _wrap(model, head, confidence, precision, head_resolution, min_confidence_input,
+                    cpu_layout, equalize)
     outputs = _output_names(head, confidence)
-    example = torch.zeros(max(1, batch_size), 3, height, width)
+    example: tuple[torch.Tensor, ...] = (torch.zeros(max(1, batch_size), 3, height, width),)
+    if min_confidence_input:
+        example += (torch.zeros(1),)
     info: dict[str, Any] = {
         "format_version": EXPORT_FORMAT_VERSION,
         "head": head,
+        "head_resolution": head_resolution,
+        "cpu_layout": cpu_layout,
+        "equalized": equalize,
         "precision": precision,
         "input_size": [height, width],
         "batch_size": "dynamic" if dynamic_batch else int(batch_size),
@@ -322,7 +350,9 @@ def read_onnx_info(path: str | os.PathLike[str]) -> OnnxModelInfo:
             f"{path} has no dfanet metadata (not written by dfanet_core.deploy.export); "
             f"re-export it with: {export_command(path)}"
         )
-    graph_input = proto.graph.input[0]
+    initializers = {init.name for init in proto.graph.initializer}
+    inputs = [i for i in proto.graph.input if i.name not in initializers]
+    graph_input = inputs[0]
     dims = tuple(
         d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
         for d in graph_input.type.tensor_type.shape.dim
@@ -334,6 +364,7 @@ def read_onnx_info(path: str | os.PathLike[str]) -> OnnxModelInfo:
         input_name=graph_input.name,
         input_shape=dims,
         output_names=tuple(o.name for o in proto.graph.output),
+        extra_inputs=tuple(i.name for i in inputs[1:]),
     )
 
 
@@ -358,17 +389,23 @@ def cached_onnx_export(
     max_batch_size: int,
     precision: str,
     cache_dir: str | os.PathLike[str] | None = None,
+    *,
+    head_resolution: str = "full",
+    min_confidence_input: bool = False,
+    cpu_layout: bool = False,
 ) -> Path:
-    """The checkpoint's classes-head ONNX (with confidence) for this input size, batch and
-    precision: reused from ``cache_dir`` when present and readable, else exported there
-    atomically. The file name is the cache key: checkpoint sha256, H x W, batch (1 or dynamic),
-    precision and the export format version."""
+    """The checkpoint's classes-head ONNX (with confidence) for this input size, batch,
+    precision, head resolution, threshold input and CPU layout: reused from ``cache_dir`` when
+    present and readable, else exported there atomically. The file name is the cache key:
+    checkpoint sha256, H x W, batch (1 or dynamic), precision, head resolution, ``-t`` for the
+    ``min_confidence`` input, ``-c`` for the CPU layout, and the export format version."""
     folder = Path(cache_dir) if cache_dir else default_cache_dir("onnx")
     digest = sha256_file(checkpoint)[:16]
     batch = "b1" if max_batch_size == 1 else "bdyn"
+    flags = ("-t" if min_confidence_input else "") + ("-c" if cpu_layout else "")
     name = (
         f"dfanet-{digest}-{input_size[0]}x{input_size[1]}-{batch}-{precision}"
-        f"-classes-v{EXPORT_FORMAT_VERSION}.onnx"
+        f"-classes-{head_resolution}{flags}-v{EXPORT_FORMAT_VERSION}.onnx"
     )
     path = folder / name
     if path.is_file():
@@ -388,23 +425,53 @@ def cached_onnx_export(
         head="classes",
         confidence=True,
         precision=precision,
+        head_resolution=head_resolution,
+        min_confidence_input=min_confidence_input,
+        cpu_layout=cpu_layout,
     )
 
 
-def onnxruntime_session(path: str | os.PathLike[str], intra_op_threads: int | None = None):
-    """An ONNX Runtime CPU session with full graph optimization; raises ImportError naming the
-    package if onnxruntime is missing."""
+#: RuntimeOptions.ort_optimization -> onnxruntime.GraphOptimizationLevel member.
+ORT_OPTIMIZATION_LEVELS = {
+    "all": "ORT_ENABLE_ALL",
+    "extended": "ORT_ENABLE_EXTENDED",
+    "basic": "ORT_ENABLE_BASIC",
+}
+
+
+def onnxruntime_session(
+    path: str | os.PathLike[str],
+    intra_op_threads: int | None = None,
+    *,
+    optimization: str = "all",
+    spinning: bool | None = None,
+):
+    """An ONNX Runtime CPU session: ``optimization`` 'all' (default: adds the blocked NCHWc
+    layout), 'extended' or 'basic'; ``spinning`` True/False sets whether idle worker threads
+    busy-wait (None: the library default, on). Raises ImportError naming the package if
+    onnxruntime is missing."""
     try:
         import onnxruntime as ort
     except ImportError as exc:
         raise ImportError(
             f"the onnxruntime backend needs onnxruntime (`pip install onnxruntime`): {exc}"
         ) from None
+    if optimization not in ORT_OPTIMIZATION_LEVELS:
+        raise ValueError(
+            f"ort_optimization must be one of {tuple(ORT_OPTIMIZATION_LEVELS)}, got "
+            f"{optimization!r}"
+        )
     options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.graph_optimization_level = getattr(
+        ort.GraphOptimizationLevel, ORT_OPTIMIZATION_LEVELS[optimization]
+    )
     options.log_severity_level = 3
     if intra_op_threads:
         options.intra_op_num_threads = int(intra_op_threads)
+    if spinning is not None:
+        value = "1" if spinning else "0"
+        options.add_session_config_entry("session.intra_op.allow_spinning", value)
+        options.add_session_config_entry("session.inter_op.allow_spinning", value)
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
@@ -417,7 +484,8 @@ def check_parity(
 ) -> ParityReport:
     """Run ONNX Runtime and PyTorch fp32 on the same images (RGB uint8, resized to the export's
     input size and normalized with its meta) and compare: max |logit diff| and argmax agreement for
-    the logits head; class-id agreement and max |confidence diff| for the classes head."""
+    the logits head; class-id agreement and max |confidence diff| for the classes head (against
+    PyTorch's logits at the head's resolution)."""
     info = read_onnx_info(onnx_path)
     if not images:
         raise ValueError("check_parity needs at least one image")
@@ -431,9 +499,13 @@ def check_parity(
         )
         if not info.dynamic_batch and int(info.input_shape[0]) > 1:
             batch = np.repeat(batch, int(info.input_shape[0]), axis=0)
-        outputs = dict(zip(info.output_names, session.run(None, {info.input_name: batch})))
+        feed = {info.input_name: batch}
+        if info.has_min_confidence_input:
+            feed[MIN_CONFIDENCE_INPUT] = np.zeros(1, np.float32)
+        outputs = dict(zip(info.output_names, session.run(None, feed)))
+        resolution = str(info.export.get("head_resolution", "full"))
         with torch.no_grad():
-            reference = model(torch.from_numpy(batch[:1])).numpy()
+            reference = head_logits(model, torch.from_numpy(batch[:1]), resolution).numpy()
         ref_ids = reference.argmax(axis=1)
         if info.export["head"] == "logits":
             logits = outputs["logits"][:1]
@@ -489,10 +561,35 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--no-confidence", action="store_true", help="classes head without the confidence output"
     )
     parser.add_argument(
+        "--head-resolution",
+        choices=HEAD_RESOLUTIONS,
+        default="full",
+        help="classes head: where the argmax runs (full: input size, exact; x2: the decoder's "
+        "1/4 logits upsampled x2, RuntimeOptions head='fast'; decoder: at 1/4)",
+    )
+    parser.add_argument(
+        "--min-confidence-input",
+        action="store_true",
+        help="classes head: add the min_confidence threshold input (pixels below it -> 255); "
+        "ONNX Runtime only (the TensorRT builder takes one input)",
+    )
+    parser.add_argument(
         "--precision",
         choices=PRECISIONS,
         default="fp32",
         help="compute precision baked into the graph (fp16: for TensorRT for RTX)",
+    )
+    parser.add_argument(
+        "--cpu-layout",
+        action="store_true",
+        help="shape the graph for ONNX Runtime's blocked CPU layout (same outputs; see "
+        "dfanet_core.deploy.cpu_layout)",
+    )
+    parser.add_argument(
+        "--equalize",
+        action="store_true",
+        help="cross-layer range equalisation (same outputs; for INT8 builds such as TensorRT "
+        "--precision int8)",
     )
     parser.add_argument("--exporter", choices=("dynamo", "torchscript"), default="dynamo")
     parser.add_argument(
@@ -517,6 +614,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             head=args.head,
             confidence=not args.no_confidence,
             precision=args.precision,
+            head_resolution=args.head_resolution,
+            min_confidence_input=args.min_confidence_input,
+            cpu_layout=args.cpu_layout,
+            equalize=args.equalize,
             exporter=args.exporter,
         )
         info = read_onnx_info(path)

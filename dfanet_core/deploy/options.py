@@ -21,18 +21,29 @@ from typing import Any
 
 #: ``auto`` picks TensorRT, then PyTorch on CUDA, then ONNX Runtime (see backends.resolve_backend).
 BACKENDS = ("auto", "onnxruntime", "torch", "tensorrt")
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 RESIZE_MODES = ("stretch", "letterbox")
 #: What each concrete backend computes in.
 BACKEND_PRECISIONS = {
     "onnxruntime": ("fp32",),
-    "torch": ("fp32", "fp16"),
-    "tensorrt": PRECISIONS,
+    "torch": ("fp32", "fp16", "bf16"),
+    "tensorrt": ("fp32", "fp16", "int8"),
 }
 _PRECISION_HINTS = {
-    "onnxruntime": "use backend='torch' on CUDA or 'tensorrt' for fp16/int8",
-    "torch": "fp16 needs CUDA",
+    "onnxruntime": "use backend='torch' on CUDA or 'tensorrt' for fp16/int8 (ONNX Runtime int8 "
+    "is not offered: measured slower than fp32 on this CPU, AMX included, and far below the "
+    "accuracy bar; docs/benchmarks.md)",
+    "torch": "fp16 needs CUDA; bf16 runs on CUDA and the CPU",
 }
+#: Output heads (how class ids and confidence come out of the logits, see deploy.export):
+#: ``fast`` from the decoder's 1/4-resolution logits upsampled x2 (bilinear), then argmax;
+#: ``exact`` the model's own full-resolution bilinear logits, then argmax. Either way the
+#: Segmenter maps the head's output to each image's size with one nearest-neighbour resize.
+HEADS = ("fast", "exact")
+#: ONNX Runtime graph optimization levels (``all`` adds the blocked NCHWc layout).
+ORT_OPTIMIZATIONS = ("all", "extended", "basic")
+#: torch.compile modes of the torch backend (inductor); None runs eager.
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune")
 
 
 @dataclass(frozen=True)
@@ -80,9 +91,24 @@ class RuntimeOptions:
     resize_mode: str = "stretch"
     #: ONNX Runtime intra-op threads; None: the library default.
     intra_op_threads: int | None = None
+    #: Output head: 'fast' (class ids from the decoder's 1/4-resolution logits) or 'exact'
+    #: (full-resolution logits, then argmax); see :data:`HEADS`.
+    head: str = "fast"
+    #: ONNX Runtime graph optimization level, one of :data:`ORT_OPTIMIZATIONS`.
+    ort_optimization: str = "all"
+    #: ONNX Runtime worker threads busy-wait for work between operators and between runs:
+    #: faster in a tight loop, but the spinning takes CPU from whatever runs beside it.
+    ort_spinning: bool = False
+    #: ONNX Runtime: bind the input in place and write outputs into preallocated buffers
+    #: (``run_with_iobinding``). Off by default: it measured no faster than ``run`` here (the
+    #: input is already a reused contiguous buffer and the fast head's outputs are small).
+    io_binding: bool = False
     #: PyTorch on CUDA: capture CUDA graphs; channels_last memory format (None: on for CUDA).
     cuda_graphs: bool = False
     channels_last: bool | None = None
+    #: torch backend: ``torch.compile`` (inductor) mode, one of :data:`COMPILE_MODES`; None:
+    #: eager. Compiled at load time for each batch size up to ``max_batch_size`` (logged).
+    compile_mode: str | None = None
     #: Where the checkpoint's ONNX export and the TensorRT engines are cached (None: the
     #: default cache folder, see dfanet_core.files.default_cache_dir).
     onnx_cache_dir: Path | None = None
@@ -106,6 +132,29 @@ class RuntimeOptions:
             raise ValueError(
                 f"intra_op_threads must be >= 1 (None: the default), got {self.intra_op_threads}"
             )
+        if self.head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
+        if self.ort_optimization not in ORT_OPTIMIZATIONS:
+            raise ValueError(
+                f"ort_optimization must be one of {ORT_OPTIMIZATIONS}, got "
+                f"{self.ort_optimization!r}"
+            )
+        if self.compile_mode is not None:
+            if self.compile_mode not in COMPILE_MODES:
+                raise ValueError(
+                    f"compile_mode must be None (eager) or one of {COMPILE_MODES}, got "
+                    f"{self.compile_mode!r}"
+                )
+            if self.backend not in ("auto", "torch"):
+                raise ValueError(
+                    f"compile_mode {self.compile_mode!r} needs backend 'torch' (or 'auto' on a "
+                    f"CUDA machine), got backend {self.backend!r}"
+                )
+            if self.cuda_graphs:
+                raise ValueError(
+                    "cuda_graphs=True and compile_mode cannot be combined: compile_mode "
+                    "'reduce-overhead' captures CUDA graphs itself"
+                )
         if self.input_size is not None:
             object.__setattr__(self, "input_size", check_input_size(self.input_size))
         if self.device is not None:
@@ -151,6 +200,19 @@ class RuntimeOptions:
         return precision
 
 
+def check_min_confidence(value: float) -> float:
+    """``value`` as a float in [0, 1] (0: off); ValueError naming ``min_confidence`` otherwise."""
+    try:
+        checked = float(value)
+    except (TypeError, ValueError):
+        checked = float("nan")
+    if not 0.0 <= checked <= 1.0:  # also rejects NaN
+        raise ValueError(
+            f"min_confidence must be in [0, 1] (a probability; 0 = off), got {value!r}"
+        )
+    return checked
+
+
 def check_input_size(size: Sequence[int]) -> tuple[int, int]:
     """``(H, W)`` as ints, both >= 32 (the network strides); ValueError otherwise."""
     try:
@@ -167,7 +229,8 @@ def add_runtime_arguments(parser: argparse.ArgumentParser, *, default_backend: s
                           threads_help: str = "ONNX Runtime intra-op threads (default: the "
                           "library's)") -> None:
     """The runtime options every command line shares: --backend, --precision, --input-size,
-    --device, --threads, --resize-mode, --cache-dir (read back with :func:`options_from_args`)."""
+    --device, --threads, --resize-mode, --head, --ort-optimization, --ort-spinning,
+    --io-binding, --compile-mode, --cache-dir (read back with :func:`options_from_args`)."""
     group = parser.add_argument_group("runtime (dfanet_core.deploy.options.RuntimeOptions)")
     group.add_argument("--backend", choices=BACKENDS, default=default_backend,
                        help=f"inference backend (default {default_backend})")
@@ -180,6 +243,19 @@ def add_runtime_arguments(parser: argparse.ArgumentParser, *, default_backend: s
     group.add_argument("--threads", type=int, default=None, help=threads_help)
     group.add_argument("--resize-mode", choices=RESIZE_MODES, default="stretch",
                        help="how images are fitted to the network input (default stretch)")
+    group.add_argument("--head", choices=HEADS, default="fast",
+                       help="output head: fast (class ids from the decoder's 1/4-resolution "
+                       "logits, x2) or exact (full-resolution logits, then argmax); default fast")
+    group.add_argument("--ort-optimization", choices=ORT_OPTIMIZATIONS, default="all",
+                       help="ONNX Runtime graph optimization level (default all)")
+    group.add_argument("--ort-spinning", choices=("on", "off"), default="off",
+                       help="ONNX Runtime worker threads busy-wait between operators/runs "
+                       "(default off: see docs/benchmarks.md)")
+    group.add_argument("--io-binding", action="store_true",
+                       help="ONNX Runtime: run_with_iobinding into preallocated buffers "
+                       "(default: plain run(), measured as fast)")
+    group.add_argument("--compile-mode", choices=COMPILE_MODES, default=None,
+                       help="torch backend: torch.compile (inductor) mode (default: eager)")
     group.add_argument("--cache-dir", type=Path, default=None,
                        help="folder for ONNX exports and TensorRT engines (default: "
                        "$DFANET_CACHE_DIR, else ~/.cache/dfanet)")
@@ -195,6 +271,11 @@ def options_from_args(args: argparse.Namespace, **overrides: Any) -> RuntimeOpti
         "device": args.device,
         "intra_op_threads": args.threads or None,
         "resize_mode": args.resize_mode,
+        "head": args.head,
+        "ort_optimization": args.ort_optimization,
+        "ort_spinning": args.ort_spinning == "on",
+        "io_binding": args.io_binding,
+        "compile_mode": args.compile_mode,
         "onnx_cache_dir": cache / "onnx" if cache else None,
         "engine_cache_dir": cache / "engines" if cache else None,
     }

@@ -120,19 +120,30 @@ def preprocess_numpy(
     mean: Sequence[float],
     std: Sequence[float],
     channel_order: str = "RGB",
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Resize (bilinear), normalize and place images into an N x 3 x H x W float32 array."""
+    """Resize (bilinear), normalize and place images into an N x 3 x H x W float32 array:
+    ``out`` when it has that shape (a buffer reused across calls: no page faults on a fresh 6 MB
+    array per frame), else a new one."""
     scale, bias = normalization(mean, std)
     channels = _channel_index(channel_order)
-    batch = np.zeros((len(images), 3, *network_hw), np.float32)
+    shape = (len(images), 3, *network_hw)
+    if out is None or out.shape != shape or out.dtype != np.float32:
+        batch = np.zeros(shape, np.float32)
+    else:
+        batch = out
+        if any((p.height, p.width) != tuple(network_hw) for p in placements):
+            batch.fill(0.0)  # letterbox padding = the mean, 0 after normalization
     for index, (image, place) in enumerate(zip(images, placements)):
         if image.shape[:2] != (place.height, place.width):
             image = cv2.resize(image, (place.width, place.height), interpolation=cv2.INTER_LINEAR)
         region = batch[
             index, :, place.top : place.top + place.height, place.left : place.left + place.width
         ]
+        planes = cv2.split(image)  # contiguous planes: the arithmetic below streams
         for out_c, src_c in enumerate(channels):
-            np.multiply(image[:, :, src_c], scale[out_c], out=region[out_c], casting="unsafe")
+            region[out_c] = planes[src_c]
+            region[out_c] *= scale[out_c]
             region[out_c] += bias[out_c]
     return batch
 
@@ -174,24 +185,47 @@ def nearest_indices(source_len: int, target_len: int) -> np.ndarray:
     return ((2 * target + 1) * source_len) // (2 * target_len)
 
 
-def restore_numpy(network_map: np.ndarray, place: Placement) -> np.ndarray:
-    """Crop a network-sized HxW map (mask or confidence) to the image region and resize it back to
-    the source size with nearest neighbour."""
-    region = network_map[
-        place.top : place.top + place.height, place.left : place.left + place.width
-    ]
-    rows = nearest_indices(place.height, place.source_height)
-    cols = nearest_indices(place.width, place.source_width)
-    # Two 1-D gathers: same result as region[rows[:, None], cols[None, :]], ~5x faster at 2 MP.
-    return np.ascontiguousarray(region[rows][:, cols])
+def map_indices(
+    map_len: int, network_len: int, offset: int, extent: int, target_len: int
+) -> np.ndarray:
+    """Index into a head output of ``map_len`` cells (covering ``network_len`` network pixels)
+    for each of ``target_len`` source pixels placed at ``offset .. offset + extent`` of the
+    network input: the source pixel centre ``offset + (i + 0.5) * extent / target`` in network
+    pixels, scaled to the map and floored, in integer maths. One nearest-neighbour resize from
+    any head resolution to the source size; with ``map_len == network_len`` it is the letterbox
+    crop followed by :func:`nearest_indices`."""
+    target = np.arange(target_len, dtype=np.int64)
+    numerator = (2 * offset * target_len + (2 * target + 1) * extent) * map_len
+    return numerator // (2 * target_len * network_len)
 
 
-def restore_torch(network_map: torch.Tensor, place: Placement) -> torch.Tensor:
+def _restore_indices(
+    map_hw: tuple[int, int], network_hw: tuple[int, int] | None, place: Placement
+) -> tuple[np.ndarray, np.ndarray]:
+    net_h, net_w = network_hw or map_hw
+    rows = map_indices(map_hw[0], net_h, place.top, place.height, place.source_height)
+    cols = map_indices(map_hw[1], net_w, place.left, place.width, place.source_width)
+    return rows, cols
+
+
+def restore_numpy(
+    head_map: np.ndarray, place: Placement, network_hw: tuple[int, int] | None = None
+) -> np.ndarray:
+    """A head's HxW output map (mask or confidence) resized to the source image with one nearest
+    neighbour gather; ``network_hw`` is the network input size the map covers (None: the map's
+    own size, i.e. a full-resolution head). The letterbox padding is cropped on the way."""
+    rows, cols = _restore_indices(tuple(head_map.shape[:2]), network_hw, place)
+    # Two 1-D np.take gathers: same result as head_map[rows[:, None], cols[None, :]]; ~3-4x
+    # faster than fancy indexing (measured 0.45 vs 2.0 ms for 512x1024 from 256x512).
+    return np.take(np.take(head_map, rows, axis=0), cols, axis=1)
+
+
+def restore_torch(
+    head_map: torch.Tensor, place: Placement, network_hw: tuple[int, int] | None = None
+) -> torch.Tensor:
     """:func:`restore_numpy` on a torch tensor, on its device."""
-    region = network_map[
-        place.top : place.top + place.height, place.left : place.left + place.width
-    ]
-    device = network_map.device
-    rows = torch.from_numpy(nearest_indices(place.height, place.source_height)).to(device)
-    cols = torch.from_numpy(nearest_indices(place.width, place.source_width)).to(device)
-    return region.index_select(0, rows).index_select(1, cols)
+    rows, cols = _restore_indices(tuple(head_map.shape[:2]), network_hw, place)
+    device = head_map.device
+    rows_t = torch.from_numpy(rows).to(device)
+    cols_t = torch.from_numpy(cols).to(device)
+    return head_map.index_select(0, rows_t).index_select(1, cols_t)

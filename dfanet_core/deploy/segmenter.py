@@ -6,15 +6,18 @@
     res.masks, res.confidences, res.timings_ms               # per-stage milliseconds
 
 Pipeline per call: validate -> place (stretch or letterbox) + resize + normalize (on the backend's
-device) -> backend inference -> argmax on the device (inside the exported graph for ONNX Runtime
-and TensorRT) -> crop the letterbox and resize back with nearest neighbour -> numpy. Lists of any
-sizes are run in batches of ``max_batch_size``.
+device) -> backend inference -> output head on the device (argmax, confidence and the
+``min_confidence`` threshold; inside the exported graph for ONNX Runtime and TensorRT; at the
+resolution ``RuntimeOptions.head`` picks) -> one nearest-neighbour resize from the head's output
+to each image's size (the letterbox cropped on the way) -> numpy. Lists of any sizes are run in
+batches of ``max_batch_size``.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -25,7 +28,7 @@ import torch
 
 from .. import imaging
 from .backends import Backend, make_backend
-from .options import RuntimeOptions
+from .options import RuntimeOptions, check_min_confidence
 from .preprocess import (
     Placement,
     check_channel_order,
@@ -65,6 +68,8 @@ class Segmenter:
         self.meta = dict(meta)
         self.resize_mode = check_resize_mode(resize_mode)
         self.last_timings_ms: dict[str, float] = dict.fromkeys(STAGES, 0.0)
+        self._input_buffer: np.ndarray | None = None  # reused network input (numpy backends)
+        self._lock = threading.Lock()  # one call at a time uses the buffer (and the backend)
 
     # -- construction ---------------------------------------------------------------------------
 
@@ -146,11 +151,18 @@ class Segmenter:
     # -- inference ------------------------------------------------------------------------------
 
     def predict(
-        self, images: np.ndarray | Sequence[np.ndarray], channel_order: str = "RGB"
+        self,
+        images: np.ndarray | Sequence[np.ndarray],
+        channel_order: str = "RGB",
+        *,
+        min_confidence: float = 0.0,
     ) -> np.ndarray | list[np.ndarray]:
         """Class-id mask(s), HxW uint8 at each input's resolution: one array for one image, a list
-        for a list."""
-        masks = self.predict_detailed(images, channel_order=channel_order).masks
+        for a list. Pixels whose top-class probability is below ``min_confidence`` (0-1; 0: off)
+        are 255 ("no prediction")."""
+        masks = self.predict_detailed(
+            images, channel_order=channel_order, min_confidence=min_confidence
+        ).masks
         return masks[0] if isinstance(images, np.ndarray) else masks
 
     def predict_detailed(
@@ -160,10 +172,15 @@ class Segmenter:
         confidence: bool = False,
         overlay: bool = False,
         overlay_alpha: float = 0.5,
+        *,
+        min_confidence: float = 0.0,
     ) -> SegmentationResult:
         """Masks plus optional confidences and colour overlays (RGB, over the input image) and the
-        per-stage timings of this call (also kept in :attr:`last_timings_ms`)."""
+        per-stage timings of this call (also kept in :attr:`last_timings_ms`). Pixels whose
+        top-class probability is below ``min_confidence`` (0-1; 0: off) are 255 in the masks
+        (computed on the backend's device with the argmax; black in overlays)."""
         started = time.perf_counter()
+        threshold = check_min_confidence(min_confidence)
         batch = validate_images(images)
         order = check_channel_order(channel_order)
         timings = dict.fromkeys(STAGES, 0.0)
@@ -172,7 +189,10 @@ class Segmenter:
         step = self.backend.max_batch_size
         for start in range(0, len(batch), step):
             chunk = batch[start : start + step]
-            chunk_masks, chunk_conf = self._run_chunk(chunk, order, confidence, timings)
+            with self._lock:
+                chunk_masks, chunk_conf = self._run_chunk(
+                    chunk, order, confidence, threshold, timings
+                )
             masks.extend(chunk_masks)
             if confidences is not None:
                 confidences.extend(chunk_conf)
@@ -189,7 +209,12 @@ class Segmenter:
         return SegmentationResult(masks, confidences, timings, overlays)
 
     def _run_chunk(
-        self, images: list[np.ndarray], order: str, confidence: bool, timings: dict[str, float]
+        self,
+        images: list[np.ndarray],
+        order: str,
+        confidence: bool,
+        min_confidence: float,
+        timings: dict[str, float],
     ) -> tuple[list[np.ndarray], list[np.ndarray]]:
         meta = self.meta
         places = [plan_placement(im.shape[:2], self.input_size, self.resize_mode) for im in images]
@@ -206,16 +231,18 @@ class Segmenter:
             )
         else:
             batch = preprocess_numpy(
-                images, places, self.input_size, meta["mean"], meta["std"], order
+                images, places, self.input_size, meta["mean"], meta["std"], order,
+                out=self._input_buffer,
             )
+            self._input_buffer = batch
         self.backend.synchronize()
         timings["preprocess"] += _ms(tick)
         tick = time.perf_counter()
-        ids, conf = self.backend.infer(batch, confidence)
+        ids, conf = self.backend.infer(batch, confidence, min_confidence)
         self.backend.synchronize()
         timings["inference"] += _ms(tick)
         tick = time.perf_counter()
-        masks, confs = _restore(ids, conf, places)
+        masks, confs = _restore(ids, conf, places, self.input_size)
         timings["postprocess"] += _ms(tick)
         return masks, confs
 
@@ -264,19 +291,19 @@ def _ms(since: float) -> float:
 
 
 def _restore(
-    ids: np.ndarray | torch.Tensor, conf: np.ndarray | torch.Tensor | None, places: list[Placement]
+    ids: np.ndarray | torch.Tensor,
+    conf: np.ndarray | torch.Tensor | None,
+    places: list[Placement],
+    network_hw: tuple[int, int],
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Network-size outputs -> per-image numpy maps at source size (on the device for tensors)."""
+    """Head outputs (any head resolution) -> per-image numpy maps at source size, one nearest
+    resize each (on the device for tensors)."""
     masks, confs = [], []
+    restore = restore_torch if isinstance(ids, torch.Tensor) else restore_numpy
     for index, place in enumerate(places):
-        if isinstance(ids, torch.Tensor):
-            masks.append(restore_torch(ids[index], place))
-            if conf is not None:
-                confs.append(restore_torch(conf[index], place))
-        else:
-            masks.append(restore_numpy(ids[index], place))
-            if conf is not None:
-                confs.append(restore_numpy(conf[index], place))
+        masks.append(restore(ids[index], place, network_hw))
+        if conf is not None:
+            confs.append(restore(conf[index], place, network_hw))
     if masks and isinstance(masks[0], torch.Tensor):
         masks = [m.cpu().numpy() for m in masks]
         confs = [c.float().cpu().numpy() for c in confs]

@@ -61,10 +61,15 @@ class Decoder(nn.Module):
         return fused
 
     def forward(
-        self, lows: list[torch.Tensor], tails: list[torch.Tensor], out_size: tuple[int, int]
+        self,
+        lows: list[torch.Tensor],
+        tails: list[torch.Tensor],
+        out_size: tuple[int, int] | None,
     ) -> torch.Tensor:
+        """Logits resized (bilinear) to ``out_size``; None keeps the decoder's own resolution
+        (1/4 of the input with HL or LL fusion), for heads that upsample less."""
         if self.high is None and self.low is None:
-            return resize_to(self.classifier(tails[-1]), out_size)
+            return _maybe_resize(self.classifier(tails[-1]), out_size)
         fused = None
         if self.high is not None:
             # Fused at backbone 1's tail resolution (1/16), then x4 to the enc2 resolution (1/4).
@@ -72,7 +77,11 @@ class Decoder(nn.Module):
         if self.low is not None:
             low = self._fuse(self.low, lows)
             fused = self.smooth(low if fused is None else fused + low)
-        return resize_to(self.classifier(fused), out_size)
+        return _maybe_resize(self.classifier(fused), out_size)
+
+
+def _maybe_resize(x: torch.Tensor, size: tuple[int, int] | None) -> torch.Tensor:
+    return x if size is None else resize_to(x, size)
 
 
 class DFANet(nn.Module):
@@ -128,9 +137,19 @@ class DFANet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_with_tails(x)[0]
 
+    def decoder_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits at the decoder's resolution (1/4 of the input), before the final x4 bilinear
+        upsampling: what the deployment heads upsample less (dfanet_core.deploy.export)."""
+        lows, tails = self._features(x)
+        return self.decoder(lows, tails, None)
+
     def forward_with_tails(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Logits at the input size and every backbone's attended tail (for deep supervision)."""
-        out_size = (x.shape[-2], x.shape[-1])
+        lows, tails = self._features(x)
+        return self.decoder(lows, tails, (x.shape[-2], x.shape[-1])), tails
+
+    def _features(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Every backbone's low-level stage output and attended tail."""
         lows, tails = [], []
         stages, tail = self.backbones[0](x)
         lows.append(stages[self.config.low_level_stage])
@@ -141,4 +160,4 @@ class DFANet(nn.Module):
             stages, tail = backbone(resize_to(tail, stages[0]), lateral=stages)
             lows.append(stages[self.config.low_level_stage])
             tails.append(tail)
-        return self.decoder(lows, tails, out_size), tails
+        return lows, tails

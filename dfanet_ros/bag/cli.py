@@ -220,9 +220,9 @@ def replay_main(argv: Sequence[str] | None = None) -> int:
                             idle_s=args.idle_timeout, lockstep_s=args.lockstep_timeout)
         env = ros_environment(args.domain_id, out_dir / "ros_log",
                               own_graph=settings.play and node.start)
-        LOG.info("ROS_DOMAIN_ID=%s, discovery %s, Fast DDS transports %s",
+        LOG.info("ROS_DOMAIN_ID=%s, discovery %s, Fast DDS profile %s",
                  env.get("ROS_DOMAIN_ID", "0 (unset)"), env["ROS_AUTOMATIC_DISCOVERY_RANGE"],
-                 env["FASTDDS_BUILTIN_TRANSPORTS"])
+                 env.get("FASTDDS_DEFAULT_PROFILES_FILE", "(none)"))
         os.environ.update(env)  # this process's rclpy reads them at init
         if args.play_only:
             sent = play_only(args.bag, settings, timeouts, progress=not args.no_progress)

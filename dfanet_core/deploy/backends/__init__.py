@@ -15,7 +15,7 @@ import torch
 
 from ..options import BACKENDS as _CHOICES
 from ..options import RuntimeOptions
-from .base import Backend, BackendUnavailableError, classes_from_logits
+from .base import Backend, BackendUnavailableError, apply_min_confidence, classes_from_logits
 
 LOG = logging.getLogger(__name__)
 
@@ -26,6 +26,7 @@ __all__ = [
     "BACKENDS",
     "Backend",
     "BackendUnavailableError",
+    "apply_min_confidence",
     "classes_from_logits",
     "make_backend",
     "onnxruntime_available",
@@ -85,15 +86,21 @@ def make_backend(
     model's metadata (:attr:`Backend.meta`).
 
     From a checkpoint, ONNX Runtime and TensorRT run its classes-head ONNX export, cached in
-    ``options.onnx_cache_dir`` (keyed by checkpoint sha256, input size, batch and precision);
-    TensorRT engines are cached in ``options.engine_cache_dir``. A ``max_batch_size`` above 1
-    exports a dynamic batch (TensorRT profile 1..max_batch_size). An ONNX file fixes its own
-    input size and batch and cannot run on the torch backend (``auto`` then means ONNX Runtime
-    where TensorRT is not usable).
+    ``options.onnx_cache_dir`` (keyed by checkpoint sha256, input size, batch, precision and
+    head); every backend runs ``options.head`` (dfanet_core.deploy.heads). TensorRT engines are
+    cached in ``options.engine_cache_dir``. A ``max_batch_size`` above 1 exports a dynamic batch
+    (TensorRT profile 1..max_batch_size). An ONNX file fixes its own input size, batch and head
+    and cannot run on the torch backend (``auto`` then means ONNX Runtime where TensorRT is not
+    usable).
     """
     path = Path(source)
     is_onnx = path.suffix.lower() == ".onnx" if onnx is None else onnx
     name = resolve_backend(options.backend, options.device)
+    if options.compile_mode is not None and name != "torch":
+        raise ValueError(
+            f"compile_mode {options.compile_mode!r} needs the torch backend; backend "
+            f"{options.backend!r} resolved to {name!r} here (set backend='torch')"
+        )
     if is_onnx:
         return _onnx_backend(path, name, options)
     return _checkpoint_backend(path, name, options)
@@ -102,11 +109,13 @@ def make_backend(
 def _checkpoint_backend(path: Path, name: str, options: RuntimeOptions) -> Backend:
     from ...checkpoint import load_checkpoint, read_checkpoint
     from ..export import cached_onnx_export
+    from ..heads import HEAD_RESOLUTION_OF
     from ..options import BACKEND_PRECISIONS, check_input_size
 
     _, meta = read_checkpoint(path)
     size = options.input_size or check_input_size(meta["input_size"])
     batch = options.max_batch_size or 1
+    resolution = HEAD_RESOLUTION_OF[options.head]
     if name == "torch":
         from .torch_backend import TorchBackend
 
@@ -115,22 +124,40 @@ def _checkpoint_backend(path: Path, name: str, options: RuntimeOptions) -> Backe
             model,
             input_size=size,
             device=options.device,
-            precision=options.precision or "fp32",
+            precision=options.require_precision(name, "fp32", BACKEND_PRECISIONS[name]),
             channels_last=options.channels_last,
             cuda_graphs=options.cuda_graphs,
+            compile_mode=options.compile_mode,
+            head_resolution=resolution,
             max_batch_size=batch,
             meta=meta,
         )
     precision = options.require_precision(name, "fp32", BACKEND_PRECISIONS[name])
     export_precision = _tensorrt_onnx_precision(precision) if name == "tensorrt" else "fp32"
-    onnx_path = cached_onnx_export(path, size, batch, export_precision, options.onnx_cache_dir)
+    onnx_path = cached_onnx_export(
+        path, size, batch, export_precision, options.onnx_cache_dir,
+        head_resolution=resolution,
+        # ONNX Runtime thresholds inside the graph (the TensorRT builder takes one input) and
+        # gets the graph shaped for its blocked CPU layout (deploy.cpu_layout).
+        min_confidence_input=name == "onnxruntime",
+        cpu_layout=name == "onnxruntime",
+    )  # fmt: skip
     if name == "onnxruntime":
-        from .ort_backend import OnnxRuntimeBackend
-
-        return OnnxRuntimeBackend(
-            onnx_path, intra_op_threads=options.intra_op_threads, max_batch_size=batch
-        )
+        return _ort_backend(onnx_path, batch, options)
     return _tensorrt_backend(onnx_path, precision, batch, options)
+
+
+def _ort_backend(onnx_path: Path, batch: int | None, options: RuntimeOptions) -> Backend:
+    from .ort_backend import OnnxRuntimeBackend
+
+    return OnnxRuntimeBackend(
+        onnx_path,
+        intra_op_threads=options.intra_op_threads,
+        max_batch_size=batch,
+        optimization=options.ort_optimization,
+        spinning=options.ort_spinning,
+        io_binding=options.io_binding,
+    )
 
 
 def _onnx_backend(path: Path, name: str, options: RuntimeOptions) -> Backend:
@@ -147,12 +174,8 @@ def _onnx_backend(path: Path, name: str, options: RuntimeOptions) -> Backend:
             raise ValueError("the torch backend needs a checkpoint; use from_checkpoint")
         name = "onnxruntime"
     if name == "onnxruntime":
-        from .ort_backend import OnnxRuntimeBackend
-
         options.require_precision(name, "fp32", ("fp32", info.precision))
-        return OnnxRuntimeBackend(
-            path, intra_op_threads=options.intra_op_threads, max_batch_size=options.max_batch_size
-        )
+        return _ort_backend(path, options.max_batch_size, options)
     precision = options.precision or info.precision
     return _tensorrt_backend(path, precision, options.max_batch_size or 1, options)
 

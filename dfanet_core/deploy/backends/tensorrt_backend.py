@@ -13,7 +13,7 @@ from ..tensorrt.api import TensorRTUnavailableError, load_tensorrt
 from ..tensorrt.builder import BuildOptions
 from ..tensorrt.cache import get_or_build_engine
 from ..tensorrt.runner import TrtRunner
-from .base import Backend, BackendUnavailableError, classes_from_logits
+from .base import Backend, BackendUnavailableError, apply_min_confidence, classes_from_logits
 
 
 class TensorRTBackend(Backend):
@@ -54,7 +54,7 @@ class TensorRTBackend(Backend):
         self.tensorrt_version = info.version_string
 
     def infer(
-        self, batch: torch.Tensor, confidence: bool
+        self, batch: torch.Tensor, confidence: bool, min_confidence: float = 0.0
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         count = batch.shape[0]
         if count > self.max_batch_size:
@@ -67,11 +67,14 @@ class TensorRTBackend(Backend):
         with torch.cuda.device(self.device):
             outputs = self.runner.infer({self.input_name: batch})
         if "class_ids" not in outputs:
-            return classes_from_logits(outputs["logits"][:count], confidence)
+            return classes_from_logits(outputs["logits"][:count], confidence, min_confidence)
         conf = outputs.get("confidence")
-        if confidence and conf is None:
+        if (confidence or min_confidence) and conf is None:
             raise ValueError("the engine was built from an ONNX without the confidence output")
-        return outputs["class_ids"][:count], (conf[:count] if confidence else None)
+        conf = conf[:count] if conf is not None else None
+        # The engine's graph has one input (the builder's contract): threshold on the GPU here.
+        ids = apply_min_confidence(outputs["class_ids"][:count], conf, min_confidence)
+        return ids, (conf if confidence else None)
 
     def close(self) -> None:
         self.runner.deactivate()

@@ -127,7 +127,11 @@ def input_profile(model: onnx.ModelProto, options: BuildOptions) -> InputProfile
     initializers = {init.name for init in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in initializers]
     if len(inputs) != 1:
-        raise EngineBuildError(f"expected one graph input, found {[i.name for i in inputs]}")
+        raise EngineBuildError(
+            f"expected one graph input, found {[i.name for i in inputs]}: export the classes "
+            "head without --min-confidence-input (the tensorrt backend applies min_confidence "
+            "on the GPU to the engine's outputs)"
+        )
     graph_input = inputs[0]
     dims = [
         d.dim_value if d.HasField("dim_value") else -1
