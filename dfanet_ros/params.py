@@ -24,6 +24,8 @@ from typing import Any
 
 from dfanet_core.deploy.options import (
     BACKENDS,
+    COMPILE_MODES,
+    HEADS,
     PRECISIONS,
     RESIZE_MODES,
     RuntimeOptions,
@@ -70,7 +72,7 @@ class ParamSpec:
     def constraints(self) -> str:
         """Human-readable constraints (ParameterDescriptor.additional_constraints)."""
         if self.choices:
-            return "one of: " + ", ".join(self.choices)
+            return "one of: " + _listed(self.choices)
         parts = []
         if self.min_value is not None:
             parts.append(f">= {self.min_value:g}")
@@ -104,6 +106,10 @@ PARAMETERS: tuple[ParamSpec, ...] = (
        "was trained for", change=RELOAD),
     _S("resize_mode", "stretch", "How camera images are fitted to the network input",
        RESIZE_MODES, change=RELOAD),
+    _S("head", "fast", "Output head: fast (class ids from the decoder's 1/4-resolution logits, "
+       "upsampled x2) or exact (full-resolution logits, then argmax)", HEADS, change=RELOAD),
+    _S("compile_mode", "", "torch backend only: torch.compile (inductor) mode, compiled at "
+       "start-up (progress logged); empty: eager", ("", *COMPILE_MODES), change=RELOAD),
     _S("engine_cache_dir", "", "Folder for exported ONNX models and TensorRT engines; empty: "
        "the default cache folder", change=RELOAD),
     _S("onnx_path", "", "Use this ONNX model instead of exporting one from the checkpoint",
@@ -174,6 +180,8 @@ class NodeConfig:
     precision: str
     input_size: tuple[int, int] | None  # None: the checkpoint's
     resize_mode: str
+    head: str
+    compile_mode: str
     engine_cache_dir: str
     onnx_path: str
     force_engine_update: bool
@@ -242,6 +250,11 @@ def unknown_parameters(names: Iterable[str]) -> list[str]:
     return messages
 
 
+def _listed(choices: Iterable[str]) -> str:
+    """Choices for a message; the empty string shown as ``""`` (e.g. compile_mode's "eager")."""
+    return ", ".join(choice if choice else '""' for choice in choices)
+
+
 def _check(spec: ParamSpec, value: Any) -> Any:
     """Type, choice and range check of one value; returns the value in its canonical type."""
     default = spec.default
@@ -271,7 +284,7 @@ def _check(spec: ParamSpec, value: Any) -> Any:
             allowed = {fold(choice): choice for choice in spec.choices}
             if fold(value) not in allowed:
                 raise ParameterError(
-                    spec.name, f"invalid value {value!r}; allowed: {', '.join(spec.choices)}"
+                    spec.name, f"invalid value {value!r}; allowed: {_listed(spec.choices)}"
                 )
             return allowed[fold(value)]
         return value
@@ -450,6 +463,8 @@ def runtime_options(config: NodeConfig, cuda_available: bool) -> RuntimeOptions:
         device=f"cuda:{config.gpu_id}" if on_gpu else None,
         input_size=None if from_onnx else config.input_size,
         resize_mode=config.resize_mode,
+        head=config.head,
+        compile_mode=config.compile_mode or None,
         intra_op_threads=config.threads or None,
         onnx_cache_dir=None if from_onnx else cache,
         engine_cache_dir=cache,

@@ -190,6 +190,44 @@ class LogThrottle:
         return self._held.pop(key, 0)
 
 
+class Periodic:
+    """Calls ``action`` every ``period_s`` seconds (wall clock), from construction until
+    :meth:`stop`, on its own daemon thread outside the ROS executor, so it keeps going while a
+    callback blocks (a model or engine loading in a lifecycle transition). An exception is passed
+    to ``on_error`` (once per run of the same failure) and the calls go on."""
+
+    def __init__(self, period_s: float, action: Callable[[], None],
+                 on_error: Callable[[str], None]) -> None:
+        if not period_s > 0:
+            raise ValueError(f"period_s must be > 0, got {period_s!r}")
+        self.period_s, self._action, self._on_error = period_s, action, on_error
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="dfanet-periodic", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """No call starts after this returns (one in progress is waited for, up to the timeout)."""
+        self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout_s)
+
+    def _run(self) -> None:
+        deadline, last_error = time.monotonic(), None
+        while True:
+            deadline += self.period_s
+            if self._stop.wait(max(0.0, deadline - time.monotonic())):
+                return
+            try:
+                self._action()
+                last_error = None
+            except Exception as exc:  # noqa: BLE001 - reported, the next period runs again
+                error = f"{type(exc).__name__}: {exc}"
+                if error != last_error:  # once per run of the same failure
+                    self._on_error(f"periodic {self._action.__name__} failed: {error}")
+                last_error = error
+            deadline = max(deadline, time.monotonic() - self.period_s)  # no burst after a stall
+
+
 @dataclass(frozen=True)
 class Frame:
     """A received message and when it arrived (time.monotonic seconds)."""

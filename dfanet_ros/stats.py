@@ -1,7 +1,7 @@
 """Pipeline statistics: counters, windowed rates and windowed latency percentiles. No rclpy.
 
 One :class:`PipelineStats` is shared by the subscription callback and the inference worker (it
-locks internally); the diagnostics timer takes an immutable :class:`StatsSnapshot` from it. Time
+locks internally); the diagnostics thread takes an immutable :class:`StatsSnapshot` from it. Time
 is passed in (monotonic seconds) so the logic is testable without sleeping.
 """
 

@@ -76,6 +76,8 @@ def test_values_are_converted_to_their_canonical_types():
          "onnxruntime, torch, tensorrt"),
         ("precision", "fp64", "invalid value 'fp64'; allowed: fp32, fp16"),
         ("resize_mode", "crop", "allowed: stretch, letterbox"),
+        ("head", "half", "allowed: fast, exact"),
+        ("compile_mode", "jit", "allowed: \"\", default, reduce-overhead"),
         ("input_type", "jpeg", "allowed: raw, compressed"),
         ("input_qos", "BEST_EFFORT", "allowed: SENSOR_DATA, DEFAULT, SYSTEM_DEFAULT"),
         ("color_mode", "heat", "allowed: mask, overlay"),
@@ -160,7 +162,7 @@ def test_runtime_choices_are_the_cores_own():
     assert params.RESIZE_MODES is options.RESIZE_MODES is preprocess.RESIZE_MODES
     assert launch_logic.BACKENDS is options.BACKENDS
     for name, choices in (("backend", options.BACKENDS), ("precision", options.PRECISIONS),
-                          ("resize_mode", options.RESIZE_MODES)):
+                          ("resize_mode", options.RESIZE_MODES), ("head", options.HEADS)):
         assert params.SPECS[name].choices == choices
 
 
@@ -566,13 +568,17 @@ def test_runtime_options_follow_the_parameters():
     gpu = params.runtime_options(params.config_from_values(
         {"backend": "tensorrt", "precision": "fp16", "gpu_id": 1, "threads": 2,
          "engine_cache_dir": "/cache", "force_engine_update": True, "input_size": [512, 1024],
-         "resize_mode": "letterbox"}
+         "resize_mode": "letterbox", "head": "exact"}
     ), True)
     assert gpu == RuntimeOptions(
         backend="tensorrt", precision="fp16", device="cuda:1", input_size=(512, 1024),
-        resize_mode="letterbox", intra_op_threads=2, onnx_cache_dir=Path("/cache"),
+        resize_mode="letterbox", head="exact", intra_op_threads=2, onnx_cache_dir=Path("/cache"),
         engine_cache_dir=Path("/cache"), tensorrt=TensorRTOptions(force_rebuild=True))
     assert params.runtime_options(params.config_from_values({}), False).device is None
+    compiled = params.runtime_options(params.config_from_values(
+        {"backend": "torch", "compile_mode": "reduce-overhead"}), True)
+    assert (compiled.compile_mode, compiled.head) == ("reduce-overhead", "fast")
+    assert params.runtime_options(params.config_from_values({}), False).compile_mode is None
     onnx = params.runtime_options(params.config_from_values(
         {"onnx_path": "/m.onnx", "input_size": [512, 1024], "engine_cache_dir": "/c"}), False)
     assert onnx.input_size is None and onnx.onnx_cache_dir is None  # the file fixes them

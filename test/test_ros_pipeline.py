@@ -22,6 +22,7 @@ from dfanet_ros.pipeline import (
     LatestSlot,
     LogThrottle,
     ModelHolder,
+    Periodic,
     camera_info_resolution,
     colour_output,
     label_entries,
@@ -252,3 +253,29 @@ def test_outputs_publish_the_mask_and_what_has_listeners(segmenter, rgb):
     assert first.data is second.data
     assert out.offer(outputs.COLOR, None) is pubs[outputs.COLOR]
     assert outputs.COLOR not in out.publish(header, result, config, segmenter.palette)
+
+
+def test_periodic_calls_on_its_own_thread_reports_a_failure_once_and_stops():
+    """The diagnostics reporter: runs while the calling thread is blocked (a model loading),
+    survives its action failing (reported once per run of the same failure), stops for good."""
+    calls, errors, threads = [], [], set()
+    enough = threading.Event()
+
+    def action():
+        threads.add(threading.current_thread().name)
+        calls.append(len(calls))
+        if 2 <= len(calls) <= 4:
+            raise RuntimeError("publisher gone")
+        if len(calls) >= 6:
+            enough.set()
+
+    periodic = Periodic(0.01, action, errors.append)
+    assert enough.wait(30.0)  # this thread blocks; the calls go on
+    periodic.stop()
+    stopped_at = len(calls)
+    time.sleep(0.1)  # would be ~10 more calls
+    assert len(calls) == stopped_at >= 6
+    assert threads == {"dfanet-periodic"}
+    assert errors == ["periodic action failed: RuntimeError: publisher gone"]
+    with pytest.raises(ValueError, match="period_s must be > 0"):
+        Periodic(0.0, action, errors.append)
