@@ -26,6 +26,8 @@ from rclpy.task import Future
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import String
 
+from dfanet_core.deploy.heads import UNLABELLED  # what backends write below min_confidence
+
 from . import conversions, diagnostics, outputs, params, pipeline
 from .graph import PythonLogBridge, keep_large_buffers
 from .params import NodeConfig, ParameterError
@@ -33,7 +35,6 @@ from .qos import describe_qos, incompatible_reason, latched_qos, make_qos, overr
 from .stats import PipelineStats
 
 NODE_NAME = "segment_node"
-IGNORE_VALUE = 255  # mask value for "no prediction" (pixels below min_confidence)
 EXIT_OK, EXIT_FAILED, EXIT_BAD_PARAMETER = 0, 1, 2
 SUCCESS, ERROR = TransitionCallbackReturn.SUCCESS, TransitionCallbackReturn.ERROR
 MODEL_FACTS = {"class_names": Parameter.Type.STRING_ARRAY,
@@ -199,8 +200,8 @@ class SegmentNode(LifecycleNode):
         with self.model.using() as seg:
             info = pipeline.class_info(seg, self.get_fully_qualified_name(),
                                        self.resolve_topic_name(outputs.TOPICS[outputs.MASK]),
-                                       self._info.checkpoint, IGNORE_VALUE)
-        facts = (info["class_names"], info["palette"], info["num_classes"], IGNORE_VALUE)
+                                       self._info.checkpoint, UNLABELLED)
+        facts = (info["class_names"], info["palette"], info["num_classes"], UNLABELLED)
         with self.live.own():
             self.set_parameters([Parameter(n, value=v) for n, v in zip(MODEL_FACTS, facts)])
         self.outputs.publish_model_info(info, self.config.min_confidence,

@@ -204,9 +204,9 @@ def test_environment_defaults(tmp_path):
     with pytest.raises(ValueError, match="0..232"):
         ros_environment(300, tmp_path, base={})
     # the caller's discovery range is kept unless one is asked for
-    subnet = {"ROS_AUTOMATIC_DISCOVERY_RANGE": "SUBNET", "HOME": "/root"}
-    assert ros_environment(5, base=subnet)["ROS_AUTOMATIC_DISCOVERY_RANGE"] == "SUBNET"
-    local = ros_environment(5, base=subnet, discovery_range="LOCALHOST")
+    caller = {"ROS_AUTOMATIC_DISCOVERY_RANGE": "SYSTEM_DEFAULT", "HOME": "/root"}
+    assert ros_environment(5, base=caller)["ROS_AUTOMATIC_DISCOVERY_RANGE"] == "SYSTEM_DEFAULT"
+    local = ros_environment(5, base=caller, discovery_range="LOCALHOST")
     assert local["ROS_AUTOMATIC_DISCOVERY_RANGE"] == "LOCALHOST"
     with pytest.raises(ValueError, match="unknown discovery range 'LAN'"):
         ros_environment(5, base={}, discovery_range="LAN")
