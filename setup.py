@@ -31,6 +31,7 @@ setup(
         "console_scripts": [
             "segment_node = dfanet_ros.segment_node:main",
             "segment_demo = dfanet_ros.demo:main",
+            "echo_node = dfanet_ros.echo_node:main",
             "dfanet-profile = dfanet_core.profile:main",
             "dfanet-bag-eval = dfanet_ros.bag_eval:main",
             "dfanet-bag-replay = dfanet_ros.bag_replay:main",

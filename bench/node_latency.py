@@ -22,6 +22,12 @@ shown apart), the node's stages (queue wait, decode, the Segmenter's preprocess 
 postprocess), mask out (the rest: the mask message built, published and received here). The
 overhead is also given per frame: node end to end minus the bare Segmenter on the same frame.
 
+The floor: for each set-up the same frames also go through ``dfanet_ros.echo_node`` (same
+QoS, profile and executor; it answers each frame with a mask of the frame's size and does no
+work). Its publish -> mask received is what rclpy and Fast DDS cost for these two messages on
+this machine; the node's overhead over the bare Segmenter minus this floor is the node's own.
+``--no-echo`` skips it.
+
 Prints a table and writes the numbers (and the node's own per-stage diagnostics) as JSON.
 """
 
@@ -122,6 +128,8 @@ def bench(setup: str, segmenter, checkpoint: Path, frames: list[np.ndarray], arg
                 paired.append(latency - timings["total"])  # this frame, back to back
         served = warm + len(latencies)
         status = client.wait_status(lambda s: int(dict(s.values)["frames_out"]) >= served, node)
+    echo = echo_floor(config, env, frames, segmenter, args, workdir / f"{setup}_echo") \
+        if args.echo else None
     node_values = dict(status.values)
     node_stages = {
         name: {stat: float(node_values[f"{name}_ms_{stat}"]) for stat in ("mean", "p50", "p99")}
@@ -141,9 +149,37 @@ def bench(setup: str, segmenter, checkpoint: Path, frames: list[np.ndarray], arg
             "end_to_end_ms": end_to_end, "lost_in_transport": lost,
             "paired_overhead_ms": summarize_ms(paired),
             "camera_publish_call_ms": publish_calls,
+            "echo_floor_ms": echo,
             "node_stages_ms": node_stages, "breakdown_mean_ms": breakdown(node_stages, end_to_end),
             "environment": {**config, "discovery": "LOCALHOST",
                             "profile": env.get("FASTDDS_DEFAULT_PROFILES_FILE", "")}}
+
+
+def echo_floor(config: dict, env: dict, frames: list[np.ndarray], segmenter, args,
+               workdir: Path) -> dict:
+    """Publish -> mask received through dfanet_ros.echo_node (the same messages, no work), with
+    the bare Segmenter run before each frame as in the node's measurement (same machine load)."""
+    reliable = config["input_qos"] == "DEFAULT"
+    extra = ["-p", f"input_qos:={config['input_qos']}", "-p", "output_qos:=DEFAULT"]
+    with NodeProcess(None, env, workdir, extra_args=extra, module="dfanet_ros.echo_node") as echo, \
+            SegmentationClient(input_reliable=reliable, keep_pixels=False) as client:
+        client.wait_ready(echo, timeout_s=60)
+        latencies, lost, index = [], 0, 0
+        while len(latencies) < args.warmup + args.frames:
+            frame = frames[index % len(frames)]
+            index += 1
+            segmenter.predict_detailed([frame])
+            latency = _ping(client, echo, frame)
+            if latency is None:
+                lost += 1
+                if lost > 50:
+                    raise NodeError("echo_node: no mask came back for 50 frames")
+            else:
+                latencies.append(latency)
+        timed = sorted(client.latencies_ms())[-args.frames:]
+        calls = [client.publish_call_ms[s] for s in timed if s in client.publish_call_ms]
+    return {"end_to_end": summarize_ms(latencies[args.warmup:]),
+            "camera_publish_call": summarize_ms(calls), "lost_in_transport": lost}
 
 
 def breakdown(stages: dict, end_to_end: dict) -> dict[str, float]:
@@ -199,6 +235,12 @@ def format_table(report: dict) -> str:
                      f"{paired:+.1f} ms ({paired / bare:+.0%})")
         parts = ", ".join(f"{k} {v:.1f}" for k, v in result["breakdown_mean_ms"].items())
         lines.append(f"  where the time goes (means, ms): {parts}")
+        echo = result.get("echo_floor_ms")
+        if echo:
+            floor = echo["end_to_end"]["p50"]
+            lines.append(f"  transport floor (dfanet_ros.echo_node: same messages, no work), "
+                         f"p50: {floor:.1f} ms; the node's own part of the overhead: "
+                         f"{overhead - floor:+.1f} ms ({(overhead - floor) / bare:+.0%})")
         if result["camera_publish_call_ms"]:
             lines.append(f"  of transport_in, the publisher's own publish() call (this process, "
                          f"p50): {result['camera_publish_call_ms']['p50']:.1f} ms")
@@ -217,6 +259,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--domain-id", type=int, default=150 + os.getpid() % 50)
     parser.add_argument("--setups", nargs="+", default=list(DEFAULT_SETUPS),
                         choices=list(SETUPS))
+    parser.add_argument("--no-echo", dest="echo", action="store_false",
+                        help="skip the transport floor (dfanet_ros.echo_node)")
     parser.add_argument("--profile", type=Path, default=PROFILE,
                         help="Fast DDS profile for both processes (default: the shipped one)")
     parser.add_argument("--out", type=Path,

@@ -222,7 +222,8 @@ def write_params_file(path: Path, params: Mapping[str, Any], node_key: str = "/*
 
 
 class NodeProcess:
-    """``python -m dfanet_ros.segment_node`` in a child process, output to ``<workdir>/node.log``.
+    """``python -m dfanet_ros.segment_node`` (or another node ``module``) in a child process,
+    output to ``<workdir>/node.log``.
 
     ``params`` is a dict (written to a params file), the path of a params file, or None (no
     params file: parameters only as ``-p`` rules in ``extra_args``); ``remaps`` are
@@ -238,9 +239,11 @@ class NodeProcess:
         namespace: str = "",
         remaps: Iterable[tuple[str, str]] = (),
         extra_args: Iterable[str] = (),
+        module: str = NODE_MODULE,
     ) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
-        self.command = [sys.executable, "-m", NODE_MODULE, "--ros-args"]
+        self.name = module.rsplit(".", 1)[-1]
+        self.command = [sys.executable, "-m", module, "--ros-args"]
         if params is not None:
             params_file = (
                 Path(params)
@@ -284,7 +287,7 @@ class NodeProcess:
         code = self.process.poll()
         if code is not None:
             raise NodeError(
-                f"segment_node exited with code {code} ({' '.join(self.command)}); "
+                f"{self.name} exited with code {code} ({' '.join(self.command)}); "
                 f"end of {self.log_path}:\n{self.log_tail()}"
             )
 
@@ -294,7 +297,7 @@ class NodeProcess:
             return self.process.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             raise NodeError(
-                f"segment_node still running after {timeout_s} s; log:\n{self.log_tail()}"
+                f"{self.name} still running after {timeout_s} s; log:\n{self.log_tail()}"
             ) from None
 
     def rss_bytes(self) -> int:

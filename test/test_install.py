@@ -13,7 +13,7 @@ import pytest
 
 from dfanet_core.paths import REPO_ROOT
 
-SCRIPTS = ("segment_node", "segment_demo", "dfanet-profile", "dfanet-bag-eval",
+SCRIPTS = ("segment_node", "segment_demo", "echo_node", "dfanet-profile", "dfanet-bag-eval",
            "dfanet-bag-replay", "dfanet-make-bag")
 
 

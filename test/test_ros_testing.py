@@ -92,3 +92,26 @@ def test_waits_fail_with_the_node_log_when_it_exits(ros_env, tmp_path):
         assert node.process.returncode == 2
     finally:
         node.stop()
+
+
+def test_the_echo_node_answers_each_frame_with_a_mask_of_its_size(ros_env, tmp_path):
+    """dfanet_ros.echo_node (the transport floor of bench/node_latency.py), in its own process:
+    every frame comes back as a zero mono8 mask of the frame's size with the frame's header."""
+    frames = [np.full((40 + 8 * i, 64 + 16 * i, 3), 200, np.uint8) for i in range(3)]
+    extra = ["-p", "input_qos:=DEFAULT"]
+    with NodeProcess(None, ros_env, tmp_path, extra_args=extra, module="dfanet_ros.echo_node") \
+            as echo, SegmentationClient(input_reliable=True) as client:
+        assert client.wait_ready(echo, timeout_s=60.0)["echo"] is True
+        for index, rgb in enumerate(frames):
+            stamp = client.publish_image(rgb, frame_id=f"cam{index}")
+            mask = client.wait_mask(stamp, echo, timeout_s=60.0)
+            assert (mask.frame_id, mask.encoding, mask.height, mask.width) == (
+                f"cam{index}", "mono8", *rgb.shape[:2])
+            assert mask.array.shape == rgb.shape[:2] and not mask.array.any()
+
+
+def test_the_echo_node_refuses_an_unknown_qos_preset_naming_the_parameter(ros_env, tmp_path):
+    with NodeProcess(None, ros_env, tmp_path, extra_args=["-p", "output_qos:=FAST"],
+                     module="dfanet_ros.echo_node") as echo:
+        assert echo.wait_exit(60.0) == 2
+        assert "parameter output_qos: 'FAST' is not one of SENSOR_DATA" in echo.log_text()
