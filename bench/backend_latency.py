@@ -35,7 +35,7 @@ from dfanet_core.deploy.backends import Backend, make_backend
 from dfanet_core.deploy.options import RuntimeOptions, TensorRTOptions
 from dfanet_core.files import atomic_write_json
 from dfanet_core.models import create_model
-from dfanet_core.reports import LatencySummary, machine_description, markdown_table
+from dfanet_core.reports import LatencySummary, machine_description, markdown_table, parse_size
 
 LOG = logging.getLogger("bench.backend_latency")
 
@@ -80,15 +80,6 @@ class CaseResult:
     speedup_vs_baseline: float | None = None
     #: 1-minute load average at the end of the case: other processes skew CPU timings.
     load_avg_1m: float | None = None
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """'512x1024' -> (512, 1024)."""
-    try:
-        height, width = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must look like 512x1024, got {text!r}") from None
-    return height, width
 
 
 def build_backend(

@@ -55,10 +55,10 @@ from dfanet_core.deploy.export import export_checkpoint
 from dfanet_core.deploy.options import RuntimeOptions
 from dfanet_core.deploy.preprocess import plan_placement, preprocess_numpy
 from dfanet_core.deploy.segmenter import Segmenter
-from dfanet_core.files import atomic_write_json, default_checkpoint, list_images
+from dfanet_core.files import atomic_write_json, list_images
 from dfanet_core.imaging import read_image
 from dfanet_core.paths import data_root
-from dfanet_core.reports import LatencySummary, machine_description, markdown_table
+from dfanet_core.reports import LatencySummary, markdown_table, parse_size, start_benchmark
 
 LOG = logging.getLogger("bench.cpu_session")
 
@@ -173,11 +173,6 @@ def camera_rate(run: Callable, frame: np.ndarray, rate_hz: float, frames: int) -
             "cpu_cores_busy": round(cpu / wall, 3)}
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    height, width = (int(v) for v in text.lower().split("x"))
-    return height, width
-
-
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python bench/cpu_session.py",
                                      description=__doc__.split("\n")[0])
@@ -200,21 +195,12 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    torch.set_num_threads(args.threads)
-    checkpoint = args.checkpoint or default_checkpoint()
+    checkpoint, report = start_benchmark("bench/cpu_session.py", argv, args.threads,
+                                         args.checkpoint)
     _, meta = load_checkpoint(checkpoint)
     image = read_image(list_images(data_root("camvid") / "test", limit=1)[0])
     frame = cv2.resize(image, (args.size[1], args.size[0]), interpolation=cv2.INTER_LINEAR)
-    report: dict = {
-        "command": "python bench/cpu_session.py "
-        + " ".join(sys.argv[1:] if argv is None else argv),
-        "machine": machine_description(),
-        "checkpoint": str(checkpoint),
-        "size": list(args.size),
-        "threads": args.threads,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
+    report.update(size=list(args.size), threads=args.threads)
     with tempfile.TemporaryDirectory(prefix="dfanet-cpu-") as tmp:
         workdir = args.workdir or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)

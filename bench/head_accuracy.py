@@ -27,7 +27,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from dfanet_core.checkpoint import read_checkpoint
 from dfanet_core.data.datasets import CamVidDataset
@@ -35,17 +34,12 @@ from dfanet_core.deploy.backends.ort_backend import OnnxRuntimeBackend
 from dfanet_core.deploy.export import cached_onnx_export
 from dfanet_core.deploy.heads import HEAD_RESOLUTIONS
 from dfanet_core.deploy.segmenter import Segmenter
-from dfanet_core.files import atomic_write_json, default_checkpoint
+from dfanet_core.files import atomic_write_json
 from dfanet_core.metrics import ConfusionMatrix
 from dfanet_core.paths import data_root
-from dfanet_core.reports import LatencySummary, machine_description, markdown_table
+from dfanet_core.reports import LatencySummary, markdown_table, parse_size, start_benchmark
 
 LOG = logging.getLogger("bench.head_accuracy")
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    height, width = (int(v) for v in text.lower().split("x"))
-    return height, width
 
 
 def head_backend(
@@ -146,20 +140,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    torch.set_num_threads(args.threads)
-    checkpoint = args.checkpoint or default_checkpoint()
-    if checkpoint is None:
-        LOG.error("no --checkpoint and no shipped weights")
-        return 2
+    checkpoint, report = start_benchmark("bench/head_accuracy.py", argv, args.threads,
+                                         args.checkpoint)
     root = args.data_root or data_root("camvid")
-    report: dict = {
-        "command": "python bench/head_accuracy.py "
-        + " ".join(sys.argv[1:] if argv is None else argv),
-        "machine": machine_description(),
-        "checkpoint": str(checkpoint),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
     with tempfile.TemporaryDirectory(prefix="dfanet-heads-") as tmp:
         workdir = args.workdir or Path(tmp)
         if not args.skip_accuracy:

@@ -33,26 +33,20 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from dfanet_core.checkpoint import load_checkpoint
 from dfanet_core.data.datasets import CamVidDataset
 from dfanet_core.deploy.equalize import equalize_ranges, range_spread
 from dfanet_core.deploy.export import export_onnx, onnxruntime_session
 from dfanet_core.deploy.preprocess import plan_placement, preprocess_numpy
-from dfanet_core.files import atomic_write_json, default_checkpoint, list_images
+from dfanet_core.files import atomic_write_json, list_images
 from dfanet_core.imaging import read_image
 from dfanet_core.metrics import ConfusionMatrix
 from dfanet_core.models.fusion import fuse_conv_bn
 from dfanet_core.paths import data_root
-from dfanet_core.reports import LatencySummary, machine_description, markdown_table
+from dfanet_core.reports import LatencySummary, markdown_table, parse_size, start_benchmark
 
 LOG = logging.getLogger("bench.int8_cpu")
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    height, width = (int(v) for v in text.lower().split("x"))
-    return height, width
 
 
 def export_fp32(checkpoint: Path, size: tuple[int, int], path: Path, equalize: bool,
@@ -133,18 +127,14 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    torch.set_num_threads(args.threads)
-    checkpoint = args.checkpoint or default_checkpoint()
+    checkpoint, head = start_benchmark("bench/int8_cpu.py", argv, args.threads, args.checkpoint)
     _, meta = load_checkpoint(checkpoint)
     native = tuple(meta["input_size"])
     root = data_root("camvid")
     calibration = list_images(root / "train")[:: 12][: args.calibration_images]
     report: dict = {
-        "command": "python bench/int8_cpu.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        "machine": machine_description(),
+        **head,
         "cpu_flags": sorted(f for f in _cpu_flags() if "vnni" in f or "amx" in f),
-        "checkpoint": str(checkpoint),
         "equalized": not args.no_equalize,
         "cpu_layout": not args.no_cpu_layout,
         "ops": args.ops,

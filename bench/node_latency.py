@@ -161,7 +161,8 @@ def echo_floor(config: dict, env: dict, frames: list[np.ndarray], segmenter, arg
     the bare Segmenter run before each frame as in the node's measurement (same machine load)."""
     reliable = config["input_qos"] == "DEFAULT"
     extra = ["-p", f"input_qos:={config['input_qos']}", "-p", "output_qos:=DEFAULT"]
-    with NodeProcess(None, env, workdir, extra_args=extra, module="dfanet_ros.echo_node") as echo, \
+    with NodeProcess(None, env, workdir, extra_args=extra,
+                     module="dfanet_ros.echo_node") as echo, \
             SegmentationClient(input_reliable=reliable, keep_pixels=False) as client:
         client.wait_ready(echo, timeout_s=60)
         latencies, lost, index = [], 0, 0

@@ -27,8 +27,8 @@ import numpy as np
 
 from dfanet_core.deploy.export import cached_onnx_export
 from dfanet_core.deploy.heads import HEAD_RESOLUTION_OF
-from dfanet_core.files import atomic_write_json, default_checkpoint
-from dfanet_core.reports import machine_description, markdown_table
+from dfanet_core.files import atomic_write_json
+from dfanet_core.reports import markdown_table, parse_size, start_benchmark
 
 
 def profile(onnx_path: Path, size: tuple[int, int], threads: int, runs: int) -> dict:
@@ -84,7 +84,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python bench/ort_profile.py",
                                      description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", type=Path, default=None)
-    parser.add_argument("--size", default="512x1024")
+    parser.add_argument("--size", type=parse_size, default=(512, 1024))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--head", choices=tuple(HEAD_RESOLUTION_OF), default="fast")
@@ -97,16 +97,14 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    size = tuple(int(v) for v in args.size.lower().split("x"))
-    checkpoint = args.checkpoint or default_checkpoint()
+    size = args.size
+    checkpoint, head = start_benchmark("bench/ort_profile.py", argv, None, args.checkpoint)
     with tempfile.TemporaryDirectory(prefix="dfanet-profile-") as tmp:
         path = cached_onnx_export(checkpoint, size, 1, "fp32", args.workdir or tmp,
                                   head_resolution=HEAD_RESOLUTION_OF[args.head],
                                   min_confidence_input=True, cpu_layout=not args.no_cpu_layout)
         result = profile(path, size, args.threads, args.runs)
-    result.update(command="python bench/ort_profile.py "
-                  + " ".join(sys.argv[1:] if argv is None else argv),
-                  machine=machine_description(), load_avg_1m=round(os.getloadavg()[0], 2))
+    result.update(**head, load_avg_1m=round(os.getloadavg()[0], 2))
     types = markdown_table(("op type", "ms per run", "nodes", "share"),
                            [(t["op"], t["ms_per_run"], t["nodes"], f"{100 * t['share']:.1f} %")
                             for t in result["op_types"][: args.top]])

@@ -7,10 +7,14 @@ backend (imported on first use: it is slow to import) and written atomically as 
 
 from __future__ import annotations
 
+import argparse
 import io
+import logging
 import math
 import os
 import platform
+import sys
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from .files import atomic_write_bytes
+from .files import atomic_write_bytes, resolve_checkpoint
 
 #: Bar colour of the per-class IoU plot (tests look for it).
 IOU_BAR_COLOUR = "#4878a8"
@@ -203,3 +207,34 @@ def machine_summary(info: Mapping[str, Any] | None = None) -> str:
     """'<cpu>, torch <version>, <n> threads' (of :func:`machine_description`)."""
     info = info or machine_description()
     return f"{info['cpu']}, torch {info['torch']}, {info['torch_threads']} threads"
+
+
+# -- benchmark scripts (bench/) -----------------------------------------------------------------
+def parse_size(text: str) -> tuple[int, int]:
+    """'512x1024' -> (512, 1024): an argparse ``type`` (ArgumentTypeError on anything else)."""
+    try:
+        height, width = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must look like 512x1024, got {text!r}") from None
+    if height <= 0 or width <= 0:
+        raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
+    return height, width
+
+
+def start_benchmark(script: str, argv: Sequence[str] | None, threads: int | None = None,
+                    checkpoint: str | os.PathLike[str] | None = None,
+                    ) -> tuple[Path, dict[str, Any]]:
+    """The common start of a ``bench/`` script: timestamped INFO logging, torch's thread count
+    (``threads``, when given), the checkpoint (``checkpoint`` or the shipped weights;
+    FileNotFoundError naming it otherwise) and the head of the script's JSON report: the
+    command that reproduces it, the machine, the checkpoint and when it ran."""
+    import torch
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    if threads:
+        torch.set_num_threads(threads)
+    path = resolve_checkpoint(checkpoint)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    return path, {"command": " ".join(["python", script, *arguments]),
+                  "machine": machine_description(), "checkpoint": str(path),
+                  "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}

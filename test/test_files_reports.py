@@ -124,3 +124,25 @@ def test_machine_description():
     assert info["logical_cpus"] == os.cpu_count() and info["gpu"] is None  # this machine
     assert reports.machine_summary(info) == (
         f"{info['cpu']}, torch {info['torch']}, {info['torch_threads']} threads")
+
+
+def test_benchmark_sizes_parse_or_fail_naming_the_text():
+    import argparse
+
+    assert reports.parse_size("512x1024") == (512, 1024)
+    assert reports.parse_size("360X480") == (360, 480)
+    for bad in ("512", "512x", "ax1024", "0x64", "1x2x3"):
+        with pytest.raises(argparse.ArgumentTypeError, match=repr(bad)):
+            reports.parse_size(bad)
+
+
+def test_benchmark_start_names_a_missing_checkpoint_and_heads_the_report(tmp_path):
+    missing = tmp_path / "nowhere.safetensors"
+    with pytest.raises(FileNotFoundError, match="nowhere.safetensors"):
+        reports.start_benchmark("bench/x.py", ["--rounds", "3"], None, missing)
+    given = tmp_path / "given.safetensors"
+    given.write_bytes(b"weights")
+    path, head = reports.start_benchmark("bench/x.py", ["--rounds", "3"], None, given)
+    assert path == given and head["checkpoint"] == str(given)
+    assert head["command"] == "python bench/x.py --rounds 3"
+    assert {"machine", "created"} <= set(head) and head["machine"]["logical_cpus"] >= 1
