@@ -143,8 +143,10 @@ def test_no_play_collects_while_another_process_plays(camvid_bag_dirs, calibrate
                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         wait_for_line(lines_of(collector, log_path), "collector ready", log_path)
+        # two subscriptions: the node's and the collector's observer (frames sent before the
+        # observer matched would count as never sent)
         player = replay(bag, ros_domain_env, "--image-topic", topic, "--play-only",
-                        "--lockstep")
+                        "--lockstep", "--wait-subscribers", "2")
         assert player.returncode == 0, player.stderr[-3000:]
         assert "published 10 frames" in player.stdout
         assert collector.wait(timeout=TIMEOUT_S) == 0, log_path.read_text()[-3000:]
@@ -210,3 +212,13 @@ def test_environment_defaults(tmp_path):
     assert local["ROS_AUTOMATIC_DISCOVERY_RANGE"] == "LOCALHOST"
     with pytest.raises(ValueError, match="unknown discovery range 'LAN'"):
         ros_environment(5, base={}, discovery_range="LAN")
+
+
+def test_play_only_refuses_to_wait_for_no_subscriber(camvid_bag_dirs, tmp_path, caplog):
+    from dfanet_ros.bag.cli import replay_main
+
+    code = replay_main([str(camvid_bag_dirs["mcap"]), "--image-topic",
+                        "/camera/image_raw/compressed", "--play-only", "--wait-subscribers", "0",
+                        "--no-progress"])
+    assert code == 2
+    assert "--wait-subscribers must be >= 1, got 0" in caplog.text

@@ -174,6 +174,9 @@ def replay_parser() -> argparse.ArgumentParser:
     parser.add_argument("--play-only", action="store_true",
                         help="only publish the bag (a stand-in for 'ros2 bag play'): no node, "
                              "no collection, no report")
+    parser.add_argument("--wait-subscribers", type=int, default=1, metavar="N",
+                        help="--play-only: start publishing once N subscriptions are matched "
+                             "(2 with a --no-play collector beside the node)")
     parser.add_argument("--mask-topic", default=None,
                         help="the node's mask topic (default /segmentation/mask)")
     parser.add_argument("--node-param", action="append", default=[], metavar="NAME:=VALUE",
@@ -212,7 +215,8 @@ def replay_main(argv: Sequence[str] | None = None) -> int:
         settings = ReplaySettings(
             image_topic=args.image_topic, label_topic=args.label_topic, rate=args.rate,
             lockstep=args.lockstep, mask_topic=args.mask_topic or MASK_TOPIC,
-            play=not args.no_play, publish_reliable=not args.best_effort)
+            play=not args.no_play, publish_reliable=not args.best_effort,
+            wait_subscribers=args.wait_subscribers)
         node = NodeSettings(start=not (args.no_node or args.play_only),
                             checkpoint=args.checkpoint, runtime=options_from_args(args),
                             extra_params=tuple(args.node_param))

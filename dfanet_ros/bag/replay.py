@@ -94,11 +94,14 @@ class ReplaySettings:
     play: bool = True                 # False: listen while something else plays
     publish_reliable: bool = True
     publish_depth: int = 10
+    wait_subscribers: int = 1         # --play-only: start once this many subscriptions match
 
     def __post_init__(self) -> None:
         if not self.rate > 0:
             raise ValueError(f"--rate must be > 0 (a multiplier of the recorded rate), "
                              f"got {self.rate}")
+        if self.wait_subscribers < 1:
+            raise ValueError(f"--wait-subscribers must be >= 1, got {self.wait_subscribers}")
 
 
 @dataclass(frozen=True)
@@ -687,17 +690,19 @@ def run_replay(bag_path: str | os.PathLike, out_dir: str | os.PathLike,
 def play_only(bag_path: str | os.PathLike, settings: ReplaySettings,
               timeouts: Timeouts = Timeouts(), progress: bool = True) -> int:
     """Publish the bag's image topic at its recorded timing / rate (or in lockstep with the
-    node's masks) once something subscribes: what ``ros2 bag play`` does, for machines without
-    it. Returns the frames published."""
+    node's masks) once ``settings.wait_subscribers`` subscriptions are matched (the node, and a
+    collector listening with ``--no-play``, which would miss the frames sent before it matched):
+    what ``ros2 bag play`` does, for machines without it. Returns the frames published."""
     with open_bag(bag_path) as bag:
         info = preflight(bag, settings.image_topic, None)
         log = ReplayLog()
         with ReplayGraph(settings, info["image_type"], watch_node=False) as graph:
             deadline = time.monotonic() + timeouts.wait_s
-            while graph.subscribers() == 0:  # discovery: poll the graph
+            while graph.subscribers() < settings.wait_subscribers:  # discovery: poll the graph
                 if time.monotonic() > deadline:
-                    raise ReplayError(f"nobody subscribed to {settings.image_topic} within "
-                                      f"{timeouts.wait_s:.0f} s")
+                    raise ReplayError(f"{graph.subscribers()} of the {settings.wait_subscribers}"
+                                      f" subscriptions awaited on {settings.image_topic} "
+                                      f"within {timeouts.wait_s:.0f} s (--wait-subscribers)")
                 time.sleep(0.05)
             sink = None
             if settings.lockstep:
