@@ -18,6 +18,9 @@ threads stop spinning; median of ``--rounds``. What is timed, per configuration:
                       RuntimeOptions (fast head, ORT_ENABLE_ALL, no spinning, plain ``run``):
                       preprocessing, network, head (class ids and confidence), resize to the
                       frame's size.
+    project-ids       the same with ``confidence=False``: class ids only, the plain export's
+                      output (the node asks for confidence only when min_confidence > 0 or
+                      someone subscribes to segmentation/confidence).
     project-exact     the same with ``head='exact'`` (full-resolution logits, then argmax).
     project-spin      the same with ``ort_spinning=True``.
     project-extended  the same with ``ort_optimization='extended'`` (no NCHWc layout).
@@ -64,6 +67,7 @@ LOG = logging.getLogger("bench.cpu_session")
 
 PROJECT_VARIANTS = {
     "project": {},
+    "project-ids": {"confidence": False},
     "project-exact": {"head": "exact"},
     "project-spin": {"ort_spinning": True},
     "project-extended": {"ort_optimization": "extended"},
@@ -71,8 +75,8 @@ PROJECT_VARIANTS = {
     "torch-eager": {"backend": "torch", "device": "cpu"},
 }
 CONFIGS = ("plain", *PROJECT_VARIANTS, "plain-fast-head", "project-no-cpu-layout")
-DEFAULT_CONFIGS = ("plain", "project", "project-exact", "project-spin", "project-extended",
-                   "project-iobinding", "torch-eager")
+DEFAULT_CONFIGS = ("plain", "project", "project-ids", "project-exact", "project-spin",
+                   "project-extended", "project-iobinding", "torch-eager")
 
 
 class ArgmaxModel(torch.nn.Module):
@@ -122,16 +126,18 @@ def plain_runner(onnx_path: Path, meta: dict, size: tuple[int, int], threads: in
 
 
 def project_runner(checkpoint: Path, size: tuple[int, int], threads: int, workdir: Path,
-                   **changes) -> tuple[Segmenter, Callable[[np.ndarray], np.ndarray]]:
+                   confidence: bool = True, **changes,
+                   ) -> tuple[Segmenter, Callable[[np.ndarray], np.ndarray]]:
     options = RuntimeOptions(backend="onnxruntime", input_size=size, intra_op_threads=threads,
                              onnx_cache_dir=workdir).replace(**changes)
     segmenter = Segmenter.load(checkpoint, options)
-    return segmenter, _predict(segmenter)
+    return segmenter, _predict(segmenter, confidence)
 
 
-def _predict(segmenter: Segmenter) -> Callable[[np.ndarray], np.ndarray]:
+def _predict(segmenter: Segmenter, confidence: bool = True,
+             ) -> Callable[[np.ndarray], np.ndarray]:
     def run(frame: np.ndarray) -> np.ndarray:
-        return segmenter.predict_detailed(frame, confidence=True).masks[0]
+        return segmenter.predict_detailed(frame, confidence=confidence).masks[0]
 
     return run
 
