@@ -103,15 +103,9 @@ def bench(setup: str, segmenter, checkpoint: Path, frames: list[np.ndarray], arg
     with NodeProcess(params, env, workdir / setup) as node, \
             SegmentationClient(input_reliable=reliable, keep_pixels=False) as client:
         client.wait_ready(node, timeout_s=600)
-        warm, lost = 0, 0
-        while warm < args.warmup:  # best effort: the first frames go while TCP connects
-            segmenter.predict_detailed([frames[warm % len(frames)]])
-            if _ping(client, node, frames[warm % len(frames)]) is None:
-                lost += 1
-                if lost > 50:
-                    raise NodeError(f"{setup}: no mask came back for 50 frames")
-            else:
-                warm += 1
+        # best effort: the first frames go while TCP connects
+        _answered(client, node, frames, segmenter, args.warmup, setup)
+        warm = args.warmup
         warm_status = client.wait_status(lambda s: int(dict(s.values)["frames_out"]) >= warm,
                                          node)
         latencies, bare, lost, paired = [], {}, 0, []
@@ -165,18 +159,8 @@ def echo_floor(config: dict, env: dict, frames: list[np.ndarray], segmenter, arg
                      module="dfanet_ros.echo_node") as echo, \
             SegmentationClient(input_reliable=reliable, keep_pixels=False) as client:
         client.wait_ready(echo, timeout_s=60)
-        latencies, lost, index = [], 0, 0
-        while len(latencies) < args.warmup + args.frames:
-            frame = frames[index % len(frames)]
-            index += 1
-            segmenter.predict_detailed([frame])
-            latency = _ping(client, echo, frame)
-            if latency is None:
-                lost += 1
-                if lost > 50:
-                    raise NodeError("echo_node: no mask came back for 50 frames")
-            else:
-                latencies.append(latency)
+        latencies, lost = _answered(client, echo, frames, segmenter, args.warmup + args.frames,
+                                    "echo_node")
         timed = sorted(client.latencies_ms())[-args.frames:]
         calls = [client.publish_call_ms[s] for s in timed if s in client.publish_call_ms]
     return {"end_to_end": summarize_ms(latencies[args.warmup:]),
@@ -198,6 +182,26 @@ def breakdown(stages: dict, end_to_end: dict) -> dict[str, float]:
     # which starts on the next frame at once, takes both cores from the node)
     parts["mask_out"] = end_to_end["mean"] - sum(parts.values())
     return parts
+
+
+def _answered(client: SegmentationClient, node: NodeProcess, frames: list[np.ndarray],
+              segmenter, count: int, what: str) -> tuple[list[float], int]:
+    """Ping frames (the bare Segmenter run on each just before, as in the timed loop) until
+    ``count`` masks came back: their latencies (ms) and how many were lost on the way;
+    NodeError naming ``what`` after 50 lost."""
+    latencies, lost, index = [], 0, 0
+    while len(latencies) < count:
+        frame = frames[index % len(frames)]
+        index += 1
+        segmenter.predict_detailed([frame])
+        latency = _ping(client, node, frame)
+        if latency is None:
+            lost += 1
+            if lost > 50:
+                raise NodeError(f"{what}: no mask came back for 50 frames")
+        else:
+            latencies.append(latency)
+    return latencies, lost
 
 
 def _ping(client: SegmentationClient, node: NodeProcess, frame: np.ndarray) -> float | None:

@@ -31,7 +31,7 @@ NODE_NAME = "echo_node"
 
 
 class EchoNode:
-    """Frame in, zero mask of its size out; counts what it answered."""
+    """Frame in, zero mask of its size out."""
 
     def __init__(self, node: Any) -> None:
         self.node = node
@@ -42,7 +42,6 @@ class EchoNode:
                 raise ValueError(f"parameter {name}: {value!r} is not one of "
                                  f"{', '.join(QOS_PRESETS)}")
             qos[name] = make_qos(value, 1)
-        self.frames_out = 0
         self._mask: np.ndarray | None = None
         self._buffer: Any = None
         self._pub = node.create_publisher(Image, "segmentation/mask", qos["output_qos"])
@@ -63,7 +62,6 @@ class EchoNode:
                                      "mono8", self._buffer)
         self._buffer = out.data
         self._pub.publish(out)
-        self.frames_out += 1
 
 
 def main(args: list[str] | None = None) -> int:
