@@ -20,7 +20,10 @@ threads stop spinning; median of ``--rounds``. What is timed, per configuration:
                       frame's size.
     project-ids       the same with ``confidence=False``: class ids only, the plain export's
                       output (the node asks for confidence only when min_confidence > 0 or
-                      someone subscribes to segmentation/confidence).
+                      someone subscribes to segmentation/confidence); the graph skips its
+                      confidence branch (heads.SKIP_CONFIDENCE).
+    project-ids-spin  the same with ``ort_spinning=True``: the tight-loop setting (the plain
+                      export's default session spins too).
     project-exact     the same with ``head='exact'`` (full-resolution logits, then argmax).
     project-spin      the same with ``ort_spinning=True``.
     project-extended  the same with ``ort_optimization='extended'`` (no NCHWc layout).
@@ -68,6 +71,7 @@ LOG = logging.getLogger("bench.cpu_session")
 PROJECT_VARIANTS = {
     "project": {},
     "project-ids": {"confidence": False},
+    "project-ids-spin": {"confidence": False, "ort_spinning": True},
     "project-exact": {"head": "exact"},
     "project-spin": {"ort_spinning": True},
     "project-extended": {"ort_optimization": "extended"},
@@ -75,8 +79,8 @@ PROJECT_VARIANTS = {
     "torch-eager": {"backend": "torch", "device": "cpu"},
 }
 CONFIGS = ("plain", *PROJECT_VARIANTS, "plain-fast-head", "project-no-cpu-layout")
-DEFAULT_CONFIGS = ("plain", "project", "project-ids", "project-exact", "project-spin",
-                   "project-extended", "project-iobinding", "torch-eager")
+DEFAULT_CONFIGS = ("plain", "project", "project-ids", "project-ids-spin", "project-exact",
+                   "project-spin", "project-extended", "project-iobinding", "torch-eager")
 
 
 class ArgmaxModel(torch.nn.Module):

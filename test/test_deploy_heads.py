@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import onnx
 import pytest
 import torch
 
@@ -16,7 +17,12 @@ from dfanet_core import Segmenter
 from dfanet_core.deploy import preprocess as pp
 from dfanet_core.deploy.backends import make_backend
 from dfanet_core.deploy.export import export_checkpoint, read_onnx_info
-from dfanet_core.deploy.heads import HEAD_RESOLUTION_OF, UNLABELLED
+from dfanet_core.deploy.heads import (
+    HEAD_RESOLUTION_OF,
+    MIN_CONFIDENCE_INPUT,
+    SKIP_CONFIDENCE,
+    UNLABELLED,
+)
 from dfanet_core.deploy.options import (
     COMPILE_MODES,
     HEADS,
@@ -119,6 +125,47 @@ def test_min_confidence_is_the_same_in_the_graph_and_outside_it(segmenter_of, sh
             a = in_graph.predict(image, min_confidence=0.5)
             assert (a == UNLABELLED).any()
             assert np.array_equal(a, outside.predict(image, min_confidence=0.5))
+
+
+class RecordingSession:
+    """The real ONNX Runtime session, with each call's feed recorded."""
+
+    def __init__(self, session):
+        self.session, self.feeds = session, []
+
+    def run(self, names, feed):
+        self.feeds.append(dict(feed))
+        return self.session.run(names, feed)
+
+
+def test_class_ids_only_skip_the_graph_confidence_branch(segmenter_of, shipped_checkpoint,
+                                                          camvid_images):
+    """ONNX Runtime runs every node whatever is fetched, so the graph's confidence branch sits
+    behind an If: a class-ids-only call feeds SKIP_CONFIDENCE, gets the same ids and no
+    confidence computed (the branch's zeros come back)."""
+    seg = segmenter_of(shipped_checkpoint, **ORT, head="fast", io_binding=False)
+    graph = onnx.load(str(seg.backend.info.path)).graph
+    assert "If" in [node.op_type for node in graph.node]
+    session = seg.backend.session
+    recorder = seg.backend.session = RecordingSession(session)
+    try:
+        image = camvid_images[1]
+        ids_only = seg.predict_detailed(image, confidence=False).masks[0]
+        assert float(recorder.feeds[-1][MIN_CONFIDENCE_INPUT][0]) == SKIP_CONFIDENCE
+        full = seg.predict_detailed(image, confidence=True)
+        assert float(recorder.feeds[-1][MIN_CONFIDENCE_INPUT][0]) == 0.0
+    finally:
+        seg.backend.session = session
+    assert np.array_equal(ids_only, full.masks[0]) and len(np.unique(ids_only)) >= 4
+    assert full.confidences[0].min() > 0.1  # top-class probabilities of 11 classes
+    batch = pp.preprocess_numpy([image], [pp.plan_placement(image.shape[:2], INPUT_SIZE,
+                                                            "stretch")],
+                                INPUT_SIZE, seg.meta["mean"], seg.meta["std"])
+    skipped = session.run(None, {"images": batch, MIN_CONFIDENCE_INPUT:
+                                 np.array([SKIP_CONFIDENCE], np.float32)})
+    computed = session.run(None, {"images": batch, MIN_CONFIDENCE_INPUT: np.zeros(1, np.float32)})
+    assert np.array_equal(skipped[0], computed[0])
+    assert not skipped[1].any() and computed[1].min() > 0.1
 
 
 @pytest.mark.parametrize("bad", [-0.1, 1.5, math.nan, "high", None])

@@ -56,8 +56,9 @@ LOG = logging.getLogger(__name__)
 
 OPSET = 18
 #: Bumped when the exported graph changes for the same checkpoint (invalidates cached exports).
-#: 2: batch norm folded into the convolutions (fp16-safe); 3: head resolutions, min_confidence.
-EXPORT_FORMAT_VERSION = 3
+#: 2: batch norm folded into the convolutions (fp16-safe); 3: head resolutions, min_confidence;
+#: 4: the confidence branch behind an If (skipped for class ids only, heads.SKIP_CONFIDENCE).
+EXPORT_FORMAT_VERSION = 4
 HEADS = ("logits", "classes")
 PRECISIONS = ("fp32", "fp16")
 INPUT_NAME = "images"

@@ -31,6 +31,10 @@ HEAD_RESOLUTION_OF = {"exact": "full", "fast": "x2"}
 UNLABELLED = 255
 #: Name of the exported graphs' optional threshold input (float32, shape [1]).
 MIN_CONFIDENCE_INPUT = "min_confidence"
+#: ``min_confidence`` input value for "class ids only": the graph skips the confidence branch
+#: (an ONNX ``If``; ONNX Runtime runs every node of a graph whichever outputs are fetched), leaves
+#: every pixel labelled and returns zeros as confidence.
+SKIP_CONFIDENCE = -1.0
 
 
 def check_head_resolution(resolution: str) -> str:
@@ -57,7 +61,10 @@ class ClassesHead(nn.Module):
     probability (N x h x w float32), at ``resolution``.
 
     ``threshold_input`` adds a second input, the ``min_confidence`` threshold (float32 [1]):
-    pixels whose top-class probability is below it get :data:`UNLABELLED`; 0 keeps every pixel.
+    pixels whose top-class probability is below it get :data:`UNLABELLED`; 0 keeps every pixel;
+    a negative value (:data:`SKIP_CONFIDENCE`) skips the confidence computation (``torch.cond``,
+    exported as an ONNX ``If``), for callers that want class ids only. Without it the threshold
+    is an optional tensor argument (the torch backend's; no branch, so CUDA graphs can replay it).
     ``compute_dtype`` float16 casts the input inside the graph, so an exported graph's interface
     stays float32 while a strongly typed TensorRT build runs in fp16.
     """
@@ -82,12 +89,29 @@ class ClassesHead(nn.Module):
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         logits = head_logits(self.model, images.to(self.compute_dtype), self.resolution).float()
         class_ids = logits.argmax(dim=1).to(torch.uint8)
+        if self.threshold_input:
+            class_ids, conf = torch.cond((min_confidence >= 0).all(), _thresholded, _ids_only,
+                                         (logits, class_ids, min_confidence))
+            return (class_ids, conf) if self.confidence else class_ids
         if not self.confidence and min_confidence is None:
             return class_ids
         conf = top_probability(logits)
         if min_confidence is not None:
             class_ids = class_ids.masked_fill(conf < min_confidence, UNLABELLED)
         return (class_ids, conf) if self.confidence else class_ids
+
+
+def _thresholded(
+    logits: torch.Tensor, class_ids: torch.Tensor, min_confidence: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    conf = top_probability(logits)
+    return class_ids.masked_fill(conf < min_confidence, UNLABELLED), conf
+
+
+def _ids_only(
+    logits: torch.Tensor, class_ids: torch.Tensor, min_confidence: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return class_ids.clone(), torch.zeros_like(class_ids, dtype=logits.dtype)
 
 
 class LogitsHead(nn.Module):

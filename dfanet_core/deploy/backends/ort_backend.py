@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from ..export import onnxruntime_session, read_onnx_info
-from ..heads import MIN_CONFIDENCE_INPUT
+from ..heads import MIN_CONFIDENCE_INPUT, SKIP_CONFIDENCE
 from .base import Backend, BackendUnavailableError, apply_min_confidence, classes_from_logits
 
 DEFAULT_DYNAMIC_BATCH = 8
@@ -24,7 +24,8 @@ class OnnxRuntimeBackend(Backend):
     input is bound in place and the outputs are written into buffers allocated once per batch
     size. A static-batch graph gets short batches padded; a dynamic-batch graph takes up to
     ``max_batch_size`` images per call. A graph with the ``min_confidence`` input thresholds
-    inside the graph; otherwise the threshold is applied to the outputs (vectorized numpy).
+    inside the graph, and skips the graph's confidence branch when a call wants class ids only;
+    otherwise the threshold is applied to the outputs (vectorized numpy).
     """
 
     name = "onnxruntime"
@@ -79,7 +80,9 @@ class OnnxRuntimeBackend(Backend):
             raise ValueError(f"{self.info.path} was exported without the confidence output")
         feed = {self.info.input_name: batch}
         if self._thresholds_in_graph:
-            feed[MIN_CONFIDENCE_INPUT] = np.array([min_confidence], np.float32)
+            # Class ids only: the graph skips its confidence branch.
+            wanted_value = min_confidence if confidence or min_confidence else SKIP_CONFIDENCE
+            feed[MIN_CONFIDENCE_INPUT] = np.array([wanted_value], np.float32)
         wanted = [n for n in ("class_ids", "confidence") if n in self.info.output_names]
         if self.io_binding:
             with self._lock:  # copied out: the bound buffers are the next call's
