@@ -19,7 +19,8 @@ processing_time p50). Then frames are published at ``--rate-factor`` times that 
   back;
 * whether the node was still alive and answering at the end.
 
-Prints a table and writes everything as JSON.
+Prints a table and writes everything as JSON; Ctrl-C during the publishing ends it early and the
+report covers the minutes that ran (``interrupted``).
 """
 
 from __future__ import annotations
@@ -144,21 +145,27 @@ def soak(args: argparse.Namespace, workdir: Path) -> dict:
         published: list[tuple[float, int]] = []  # (seconds since start, stamp)
         rss: list[tuple[float, int]] = [(0.0, node.rss_bytes())]
         next_frame, next_rss, index = start, start + args.rss_period, 0
-        while (now := time.monotonic()) < start + duration:
-            if now >= next_rss:
-                node.check_alive()
-                rss.append((now - start, node.rss_bytes()))
-                next_rss += args.rss_period
-            if now >= next_frame:
-                stamp = client.publish_image(frames[index % len(frames)])
-                published.append((now - start, stamp))
-                index += 1
-                next_frame += period
-                if next_frame < now - 1.0:  # the publisher itself fell behind: do not burst
-                    next_frame = now
-            else:
-                time.sleep(min(next_frame, next_rss) - now)  # pacing the camera, not a wait
+        try:
+            while (now := time.monotonic()) < start + duration:
+                if now >= next_rss:
+                    node.check_alive()
+                    rss.append((now - start, node.rss_bytes()))
+                    next_rss += args.rss_period
+                if now >= next_frame:
+                    stamp = client.publish_image(frames[index % len(frames)])
+                    published.append((now - start, stamp))
+                    index += 1
+                    next_frame += period
+                    if next_frame < now - 1.0:  # the publisher itself fell behind: no burst
+                        next_frame = now
+                else:
+                    time.sleep(min(next_frame, next_rss) - now)  # pacing the camera
+        except KeyboardInterrupt:  # Ctrl-C ends the publishing early; the report covers it
+            LOG.warning("interrupted after %.1f of %g min: reporting what ran",
+                        (time.monotonic() - start) / 60, args.minutes)
+            report["interrupted"] = True
         publish_end = time.monotonic()
+        ran_minutes = (publish_end - start) / 60.0
         status = settle(client, node)
         rss.append((time.monotonic() - start, node.rss_bytes()))
         alive = node.alive()
@@ -167,7 +174,7 @@ def soak(args: argparse.Namespace, workdir: Path) -> dict:
         values = dict(status.values)
     latencies = client.latencies_ms()
     minutes = []
-    for minute in range(int(np.ceil(args.minutes))):
+    for minute in range(int(np.ceil(ran_minutes))):
         stamps = [s for t, s in published if minute * 60 <= t < (minute + 1) * 60]
         served = [latencies[s] for s in stamps if s in latencies]
         summary = summarize_ms(served) if served else {}
@@ -177,7 +184,8 @@ def soak(args: argparse.Namespace, workdir: Path) -> dict:
     sent_total = len(published) + measured["published"]
     received = len(set(client.masks) - before)
     report.update({
-        "minutes": args.minutes, "published": len(published),
+        "minutes": round(ran_minutes, 2), "minutes_asked": args.minutes,
+        "published": len(published),
         "achieved_publish_rate_hz": len(published) / (publish_end - start),
         "masks_received": received,
         "latency_per_minute": minutes,
@@ -203,7 +211,9 @@ def format_report(report: dict) -> str:
         f"camera {report['camera_size'][1]}x{report['camera_size'][0]} rgb8, node sustains "
         f"{report['sustainable']['rate_hz']:.1f} frames/s; published "
         f"{report['published']} frames at {report['achieved_publish_rate_hz']:.1f} Hz "
-        f"(target {report['publish_rate_hz']:.1f}) for {report['minutes']:g} min",
+        f"(target {report['publish_rate_hz']:.1f}) for {report['minutes']:g} min"
+        + (f" (interrupted; {report['minutes_asked']:g} asked)" if report.get("interrupted")
+           else ""),
         "",
         "| minute | published | masks | p50 ms | p99 ms |",
         "|---:|---:|---:|---:|---:|",
