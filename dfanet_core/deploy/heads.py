@@ -92,12 +92,12 @@ class ClassesHead(nn.Module):
         if self.threshold_input:
             class_ids, conf = torch.cond((min_confidence >= 0).all(), _thresholded, _ids_only,
                                          (logits, class_ids, min_confidence))
-            return (class_ids, conf) if self.confidence else class_ids
-        if not self.confidence and min_confidence is None:
+        elif min_confidence is not None:
+            class_ids, conf = _thresholded(logits, class_ids, min_confidence)
+        elif not self.confidence:
             return class_ids
-        conf = top_probability(logits)
-        if min_confidence is not None:
-            class_ids = class_ids.masked_fill(conf < min_confidence, UNLABELLED)
+        else:
+            conf = top_probability(logits)
         return (class_ids, conf) if self.confidence else class_ids
 
 
