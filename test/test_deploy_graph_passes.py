@@ -28,8 +28,8 @@ from dfanet_core.deploy.preprocess import plan_placement, preprocess_torch
 from dfanet_core.models.fusion import fuse_conv_bn
 
 SIZE = (240, 320)
-#: float32 logits of the shipped weights reach ~16; every pass here stays within 1e-3 of them
-#: (measured: 2e-5 for equalisation, 1e-5 for the CPU layout passes).
+#: float32 logits of the shipped weights reach ~13 (the earlier ones ~16); every pass here stays
+#: within 1e-3 of them (measured: 2e-5 for equalisation, 1e-5 for the CPU layout passes).
 MAX_LOGIT_DIFF = 1e-3
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
@@ -71,8 +71,10 @@ def test_equalisation_keeps_the_fp32_outputs_and_balances_the_ranges(fused, fram
     model, _ = fused
     equalised = equalize_ranges(model)
     assert_same_function(model, equalised, frames)
-    # measured on the shipped weights: 6.4e6 -> 2.4e3 (largest per-channel range ratio)
-    assert range_spread(model) > 1e6 and range_spread(equalised) < 1e4
+    # largest per-channel range ratio, measured: 7.6e3 -> 83 on the shipped weights (6.4e6 ->
+    # 2.4e3 on the earlier ones, trained with weight decay 1e-5)
+    before, after = range_spread(model), range_spread(equalised)
+    assert before > 1e3 and after < before / 20
     changed = [name for (name, a), (_, b) in zip(model.named_parameters(),
                                                    equalised.named_parameters())
                if not torch.equal(a, b)]

@@ -31,7 +31,7 @@ BACKEND_PRECISIONS = {
 }
 _PRECISION_HINTS = {
     "onnxruntime": "use backend='torch' on CUDA or 'tensorrt' for fp16/int8 (ONNX Runtime int8 "
-    "is not offered: measured slower than fp32 on this CPU, AMX included, and far below the "
+    "is not offered: measured slower than fp32 on this CPU, AMX included, and below the "
     "accuracy bar; docs/benchmarks.md)",
     "torch": "fp16 needs CUDA; bf16 runs on CUDA and the CPU",
 }
